@@ -1,0 +1,155 @@
+"""One activity per research-pipeline stage. Each is a sync function so it can run in a process pool.
+
+A background thread heartbeats while the stage computes (LightGBM fits do not call back), carrying the
+stage's progress and its checkpoint details; a retried attempt receives those details as `ctx.resume`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from pathlib import Path
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from quanto.contracts import StageRequest, StageResult
+from quanto.errors import InputError
+from quanto.lake.materialize import StageContext
+from quanto.lake.storage import Lake
+
+
+class _Heartbeat:
+    """Heartbeats every `interval` seconds, and at once on progress, until stopped."""
+
+    def __init__(self, ctx: StageContext, interval: float):
+        self.ctx = ctx
+        self.interval = interval
+        self.latest: dict[str, Any] = {"done": 0, "total": 0, "note": "started"}
+        self._stop = threading.Event()
+        # The activity context lives in a contextvar: copy it so the thread may heartbeat.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._loop,), daemon=True)
+
+    def payload(self) -> dict[str, Any]:
+        return {**self.latest, "details": self.ctx.heartbeat_details}
+
+    def progress(self, done: int, total: int, note: str = "") -> None:
+        self.latest = {"done": done, "total": total, "note": note}
+        activity.heartbeat(self.payload())
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            activity.heartbeat(self.payload())
+
+    def __enter__(self) -> _Heartbeat:
+        self.ctx.progress = self.progress
+        activity.heartbeat(self.payload())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _resume_details() -> Any:
+    details = activity.info().heartbeat_details
+    if details and isinstance(details[0], dict):
+        return details[0].get("details")
+    return None
+
+
+def execute_stage(name: str, req: StageRequest) -> StageResult:
+    """Run stage `name` of the research pipeline inside an activity."""
+    from quanto.observability.logging import configure_logging
+    from quanto.research import STAGE_FUNCTIONS
+
+    configure_logging(console=False, filename="worker.log")
+    info = activity.info()
+    lake_root = req.config.get("lake_root", ".quanto/lake")
+    ctx = StageContext(
+        lake=Lake(Path(lake_root)),
+        workflow_id=info.workflow_id,
+        run_id=info.workflow_run_id,
+        resume=_resume_details(),
+    )
+    timeout = info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else 30.0
+    with _Heartbeat(ctx, interval=max(0.5, timeout / 4)):
+        try:
+            return STAGE_FUNCTIONS[name](req, ctx)
+        except InputError as err:
+            # Retrying cannot fix bad input: fail the stage at once with a message a user can act on.
+            raise ApplicationError(str(err), type=type(err).__name__, non_retryable=True) from err
+
+
+# Module-level functions (not closures) so a process pool can pickle them by name.
+@activity.defn(name="pipeline.ingest")
+def ingest(req: StageRequest) -> StageResult:
+    """Ingest bars into the bronze layer."""
+    return execute_stage("ingest", req)
+
+
+@activity.defn(name="pipeline.validate")
+def validate(req: StageRequest) -> StageResult:
+    """Validate bars into silver + quarantine."""
+    return execute_stage("validate", req)
+
+
+@activity.defn(name="pipeline.features")
+def features(req: StageRequest) -> StageResult:
+    """Compute features into the gold layer."""
+    return execute_stage("features", req)
+
+
+@activity.defn(name="pipeline.labels")
+def labels(req: StageRequest) -> StageResult:
+    """Compute labels into the gold layer."""
+    return execute_stage("labels", req)
+
+
+@activity.defn(name="pipeline.train")
+def train(req: StageRequest) -> StageResult:
+    """Train and register the deployable model."""
+    return execute_stage("train", req)
+
+
+@activity.defn(name="pipeline.walk_forward")
+def walk_forward(req: StageRequest) -> StageResult:
+    """Walk-forward out-of-sample predictions."""
+    return execute_stage("walk_forward", req)
+
+
+@activity.defn(name="pipeline.backtest")
+def backtest(req: StageRequest) -> StageResult:
+    """Backtest the predictions."""
+    return execute_stage("backtest", req)
+
+
+@activity.defn(name="pipeline.report")
+def report(req: StageRequest) -> StageResult:
+    """Render the HTML and PDF report."""
+    return execute_stage("report", req)
+
+
+@activity.defn(name="pipeline.record_run")
+def record_run(row: dict[str, Any]) -> None:
+    """Write the pipeline run's final row (status, metrics, report paths) to PostgreSQL."""
+    from quanto.store.db import connect
+    from quanto.store.records import record_run as write
+
+    with connect() as conn:
+        write(conn, row)
+
+
+STAGE_ACTIVITIES = {
+    "ingest": ingest,
+    "validate": validate,
+    "features": features,
+    "labels": labels,
+    "train": train,
+    "walk_forward": walk_forward,
+    "backtest": backtest,
+    "report": report,
+}

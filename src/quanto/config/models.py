@@ -1,0 +1,183 @@
+"""Pydantic models for job files. Every threshold, window and cost lives here with a documented default."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TIMEFRAMES = ("1min", "5min", "1h", "1d")
+
+
+class Strict(BaseModel):
+    """Base for every job-file section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticSpec(Strict):
+    """Seeded synthetic minute-bar generator (vendor `synthetic`)."""
+
+    seed: int = Field(7, description="random seed; the same seed always gives the same bars")
+    bad_tick_rate: float = Field(
+        0.0005, ge=0, le=0.1, description="share of bars corrupted on purpose for validation to catch"
+    )
+    start_price: float = Field(100.0, gt=0)
+    annual_vol: float = Field(0.25, gt=0, le=5)
+
+
+class UniverseConfig(Strict):
+    """What to ingest: vendor, symbols, timeframe and the date range (inclusive start, exclusive end)."""
+
+    vendor: Literal["sample", "synthetic"] = "sample"
+    symbols: list[str] = Field(min_length=1)
+    timeframe: Literal["1min", "5min", "1h", "1d"] = "1d"
+    adjustment: Literal["raw", "all"] = Field(
+        "all", description="sample vendor: 'all' = split- and dividend-adjusted prices, 'raw' = as shipped"
+    )
+    start: dt.date
+    end: dt.date
+    synthetic: SyntheticSpec = SyntheticSpec()
+
+    @field_validator("symbols")
+    @classmethod
+    def _unique_symbols(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"symbols must be unique, got {v}")
+        if any(not s.strip() for s in v):
+            raise ValueError("symbols must not be empty strings")
+        return v
+
+    @model_validator(mode="after")
+    def _range(self) -> UniverseConfig:
+        if self.end <= self.start:
+            raise ValueError(f"end ({self.end}) must be after start ({self.start})")
+        if self.vendor == "synthetic" and self.timeframe != "1min":
+            raise ValueError("the synthetic vendor generates 1min bars; set timeframe: 1min")
+        return self
+
+
+class ValidationConfig(Strict):
+    """Bar validation rules (extended by the validation issue)."""
+
+    max_quarantine_share: float = Field(
+        0.05, ge=0, le=1, description="fail the stage when more than this share of rows is quarantined"
+    )
+
+
+class FeaturesConfig(Strict):
+    """Feature selection by registered name; `default` expands to the default technical set."""
+
+    names: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
+
+    @field_validator("names")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        from quanto.features.registry import expand_names
+
+        expand_names(v)  # raises ValueError naming the unknown feature
+        return v
+
+
+class LabelConfig(Strict):
+    """Forward log return over `horizon` bars, or its direction with threshold `threshold`."""
+
+    kind: Literal["forward_return", "direction"] = "forward_return"
+    horizon: int = Field(5, ge=1, le=10_000, description="bars ahead")
+    threshold: float = Field(0.0, ge=0, description="direction = 1 when the forward return exceeds it")
+
+
+class ModelConfig(Strict):
+    """LightGBM regressor or classifier; `params` go to LightGBM unchanged."""
+
+    kind: Literal["lightgbm"] = "lightgbm"
+    objective: Literal["regression", "classification"] = "regression"
+    n_estimators: int = Field(200, ge=1, le=100_000)
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    num_leaves: int = Field(15, ge=2, le=4096)
+    min_child_samples: int = Field(50, ge=1)
+    subsample: float = Field(0.8, gt=0, le=1)
+    colsample_bytree: float = Field(0.8, gt=0, le=1)
+    seed: int = 42
+    n_jobs: int = Field(2, ge=1)
+
+
+class WalkForwardConfig(Strict):
+    """Walk-forward windows in bars (unique timestamps of the panel)."""
+
+    scheme: Literal["rolling", "expanding"] = "rolling"
+    train_bars: int = Field(756, ge=10)
+    test_bars: int = Field(63, ge=1)
+    step_bars: int | None = Field(None, ge=1, description="defaults to test_bars")
+    embargo_bars: int = Field(0, ge=0, description="bars dropped after the training window")
+    max_folds: int | None = Field(None, ge=1, description="keep only the last N folds")
+
+    @property
+    def step(self) -> int:
+        """The step between fold starts."""
+        return self.step_bars or self.test_bars
+
+
+class BacktestConfig(Strict):
+    """Positions from predictions; fills at the next bar's open; costs in basis points."""
+
+    mode: Literal["long_flat", "long_short"] = "long_flat"
+    entry_threshold: float = Field(
+        0.0, description="regression: go long above it; classification: probability above 0.5 + it"
+    )
+    commission_bps: float = Field(1.0, ge=0)
+    slippage_bps: float = Field(2.0, ge=0)
+    initial_capital: float = Field(1_000_000.0, gt=0)
+    periods_per_year: float | None = Field(
+        None, gt=0, description="annualization; defaults from the timeframe (252 days, 252*390 minutes)"
+    )
+
+
+class ReportConfig(Strict):
+    """Report title and formats."""
+
+    title: str = "Quanto research report"
+    formats: list[Literal["html", "pdf"]] = Field(default_factory=lambda: ["html", "pdf"], min_length=1)
+
+
+class RuntimeConfig(Strict):
+    """Temporal timing for the pipeline's activities."""
+
+    heartbeat_timeout_s: float = Field(30.0, gt=0, le=3600)
+    stage_timeout_s: float = Field(3600.0, gt=0, description="start-to-close timeout of one stage")
+    max_attempts: int = Field(5, ge=1, le=100)
+
+
+class PipelineConfig(Strict):
+    """A research pipeline job file (configs/demo.yaml, configs/pipeline.yaml)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    lake_root: str = Field(
+        default_factory=lambda: os.environ.get("QUANTO_LAKE_ROOT", ".quanto/lake"),
+        description="lake folder; default $QUANTO_LAKE_ROOT or .quanto/lake",
+    )
+    universe: UniverseConfig
+    validation: ValidationConfig = ValidationConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    label: LabelConfig = LabelConfig()
+    model: ModelConfig = ModelConfig()
+    walk_forward: WalkForwardConfig = WalkForwardConfig()
+    backtest: BacktestConfig = BacktestConfig()
+    report: ReportConfig = ReportConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    def research_hash(self) -> str:
+        """SHA-256 of everything that changes results (runtime timing and lake location excluded)."""
+        payload = self.model_dump(mode="json", exclude={"runtime", "lake_root"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def workflow_id(self) -> str:
+        """Business key of the pipeline workflow: pipeline-<name>-<hash8>."""
+        return f"pipeline-{self.name}-{self.research_hash()[:8]}"
+
+
+CONFIG_KINDS: dict[str, type[BaseModel]] = {"pipeline": PipelineConfig}

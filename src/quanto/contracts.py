@@ -1,0 +1,112 @@
+"""Pydantic request/result models that cross the Temporal boundary.
+
+Everything here is plain JSON (a worker in another SDK can serve a queue) and light to import:
+workflows pass this module through the sandbox. Data travels as references (path + SHA-256), never frames.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+QUEUE_CONTROL = "quanto-control"
+QUEUE_IO = "quanto-io"
+QUEUE_COMPUTE = "quanto-compute"
+QUEUE_TRAIN = "quanto-train"
+QUEUE_EXEC = "quanto-exec"
+ALL_QUEUES = (QUEUE_CONTROL, QUEUE_IO, QUEUE_COMPUTE, QUEUE_TRAIN, QUEUE_EXEC)
+
+
+class StageSpec(BaseModel):
+    """One stage of the research pipeline: its name, task queue and the stages it reads."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    queue: str
+    needs: tuple[str, ...] = ()
+
+    @property
+    def activity(self) -> str:
+        """Activity type name of the stage."""
+        return f"pipeline.{self.name}"
+
+
+PIPELINE_STAGES: tuple[StageSpec, ...] = (
+    StageSpec(name="ingest", queue=QUEUE_IO),
+    StageSpec(name="validate", queue=QUEUE_COMPUTE, needs=("ingest",)),
+    StageSpec(name="features", queue=QUEUE_COMPUTE, needs=("validate",)),
+    StageSpec(name="labels", queue=QUEUE_COMPUTE, needs=("validate",)),
+    StageSpec(name="train", queue=QUEUE_TRAIN, needs=("features", "labels")),
+    StageSpec(name="walk_forward", queue=QUEUE_TRAIN, needs=("features", "labels")),
+    StageSpec(name="backtest", queue=QUEUE_COMPUTE, needs=("validate", "walk_forward")),
+    StageSpec(name="report", queue=QUEUE_COMPUTE, needs=("validate", "train", "walk_forward", "backtest")),
+)
+STAGE_NAMES = tuple(s.name for s in PIPELINE_STAGES)
+
+
+class FileRef(BaseModel):
+    """A file in the lake: path relative to the lake root, content hash and row count."""
+
+    path: str
+    sha256: str
+    rows: int = 0
+    role: str = "data"
+
+
+class StageResult(BaseModel):
+    """What a stage produced: references to its outputs plus small counters and a summary."""
+
+    stage: str
+    key: str
+    skipped: bool = False
+    outputs: list[FileRef] = Field(default_factory=list)
+    counters: dict[str, int] = Field(default_factory=dict)
+    summary: dict[str, Any] = Field(default_factory=dict)
+    manifest: str = ""
+    seconds: float = 0.0
+
+    def files(self, role: str) -> list[FileRef]:
+        """Outputs of one role (e.g. 'bars', 'quarantine')."""
+        return [f for f in self.outputs if f.role == role]
+
+
+class StageRequest(BaseModel):
+    """Input of every pipeline stage activity: the validated job file as JSON plus upstream results."""
+
+    stage: str
+    config: dict[str, Any]
+    config_source: str = ""
+    inputs: dict[str, StageResult] = Field(default_factory=dict)
+    workflow_id: str = ""
+    run_id: str = ""
+
+
+class PipelineRequest(BaseModel):
+    """Input of ResearchPipelineWorkflow."""
+
+    config: dict[str, Any]
+    config_source: str = ""
+    config_name: str = ""
+
+
+class StageStatus(BaseModel):
+    """Progress of one stage as the workflow sees it (query `progress`)."""
+
+    name: str
+    status: str = "pending"  # pending | running | completed | failed
+    seconds: float | None = None
+    skipped: bool = False
+
+
+class PipelineResult(BaseModel):
+    """Output of ResearchPipelineWorkflow."""
+
+    workflow_id: str
+    status: str
+    report_html: str | None = None
+    report_pdf: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    stages: list[StageStatus] = Field(default_factory=list)
+    results: dict[str, StageResult] = Field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Market data: vendors, canonical schemas and the ingest stage."""

@@ -1,0 +1,1 @@
+"""Features: a registry of named, versioned, backward-looking per-symbol features (technical, statistical)."""

@@ -1,0 +1,1 @@
+"""Parquet storage: paths, atomic content-addressed writes and manifests."""

@@ -1,0 +1,563 @@
+"""Render a research report to HTML and PDF from one Jinja2 template.
+
+All numbers are formatted here, in Python, so the template stays declarative and HTML and PDF show
+exactly the same strings. Nothing here reads the clock or the network: the same `ReportData` always
+gives the same HTML.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import re
+import statistics
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from numbers import Integral, Real
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+from markupsafe import Markup
+
+from quanto.reports import charts
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+TEMPLATE_NAME = "report.html.j2"
+FORMATS = ("html", "pdf")
+OUTPUT_NAMES = {"html": "report.html", "pdf": "report.pdf"}
+EQUITY_COLUMNS = ("ts", "equity", "benchmark", "drawdown", "benchmark_drawdown")
+TOP_FEATURES = 20
+MISSING = "—"
+EXAMPLE_MAX_CHARS = 90
+
+# Strategy metrics, in display order: key -> (label, kind). The kind picks the formatter.
+METRICS: dict[str, tuple[str, str]] = {
+    "total_return": ("Total return", "pct"),
+    "annual_return": ("Annual return", "pct"),
+    "annual_volatility": ("Annual volatility", "pct"),
+    "sharpe": ("Sharpe ratio", "ratio"),
+    "sortino": ("Sortino ratio", "ratio"),
+    "max_drawdown": ("Max drawdown", "pct"),
+    "max_drawdown_duration": ("Max drawdown duration (bars)", "int"),
+    "win_rate": ("Win rate", "pct"),
+    "profit_factor": ("Profit factor", "ratio"),
+    "trades": ("Trades", "int"),
+    "exposure": ("Exposure", "pct"),
+}
+# The headline cards under the title: (metric key, short label).
+CARDS: tuple[tuple[str, str], ...] = (
+    ("total_return", "Total return"),
+    ("annual_return", "Annual return"),
+    ("sharpe", "Sharpe"),
+    ("max_drawdown", "Max drawdown"),
+    ("annual_volatility", "Volatility"),
+    ("sortino", "Sortino"),
+    ("win_rate", "Win rate"),
+    ("trades", "Trades"),
+)
+# Cards whose value is coloured by sign (a positive Sharpe is good news; a drawdown is always ≤ 0).
+SIGNED_CARDS = frozenset({"total_return", "annual_return", "sharpe", "sortino"})
+
+# Keys that may appear in fold rows (or anywhere else) beyond the strategy metrics.
+_EXTRA_KINDS: dict[str, str] = {
+    "fold": "int",
+    "accuracy": "pct",
+    "balanced_accuracy": "pct",
+    "hit_rate": "pct",
+    "precision": "pct",
+    "recall": "pct",
+    "calmar": "ratio",
+    "ic_ir": "ratio",
+}
+_LABELS: dict[str, str] = {
+    "fold": "Fold",
+    "train_start": "Train start",
+    "train_end": "Train end",
+    "test_start": "Test start",
+    "test_end": "Test end",
+    "n_train": "Train rows",
+    "n_test": "Test rows",
+    "ic": "IC",
+    "rank_ic": "Rank IC",
+    "ic_ir": "IC IR",
+    "auc": "AUC",
+    "mse": "MSE",
+    "mae": "MAE",
+    "rmse": "RMSE",
+    "r2": "R²",
+    "f1": "F1",
+    "rows_in": "Rows in",
+    "accepted": "Accepted",
+    "quarantined": "Quarantined",
+    "duplicates_dropped": "Duplicates dropped",
+    **{key: label for key, (label, _) in METRICS.items()},
+}
+_DATE_KEY = re.compile(r"(^|_)(start|end|date|ts|time)$")
+
+
+@dataclass
+class ReportData:
+    """Everything one research report shows; computed elsewhere, only formatted and drawn here.
+
+    `equity` has columns ts (UTC), equity, benchmark, drawdown, benchmark_drawdown (drawdowns as
+    fractions ≤ 0). Metric dicts use the keys of `METRICS`; missing or None values show as "—".
+    Folds are rendered with whatever keys they carry (dates, row counts, metric columns such as ic).
+    """
+
+    title: str
+    subtitle: str
+    generated_at: str
+    config_summary: dict[str, str]
+    equity: pd.DataFrame
+    metrics: dict[str, float | int | None]
+    benchmark_metrics: dict[str, float | int | None]
+    folds: list[dict[str, Any]] = field(default_factory=list)
+    feature_importance: list[tuple[str, float]] = field(default_factory=list)
+    quality: dict[str, Any] = field(default_factory=dict)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    log_scale: bool = False
+
+
+# --- formatting ---------------------------------------------------------------------------------
+
+
+def _is_missing(value: object) -> bool:
+    if value is None or value is pd.NaT or value is pd.NA:
+        return True
+    return isinstance(value, Real) and not isinstance(value, Integral) and math.isnan(float(value))
+
+
+def _clean_negative_zero(text: str) -> str:
+    # "-0.00%" reads as a loss that isn't there; a value that rounds to zero shows unsigned.
+    if text.startswith("-") and not any(ch in "123456789" for ch in text):
+        return text[1:]
+    return text
+
+
+def _infinite(value: float) -> str | None:
+    if math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    return None
+
+
+def format_percent(value: float | None, decimals: int = 2) -> str:
+    """A fraction as a percentage: 0.1234 -> "12.34%"; None/NaN -> "—"."""
+    if _is_missing(value):
+        return MISSING
+    v = float(value)
+    return _infinite(v) or _clean_negative_zero(f"{v * 100:,.{decimals}f}%")
+
+
+def format_ratio(value: float | None, decimals: int = 2) -> str:
+    """A ratio with fixed decimals: 1.2345 -> "1.23"; None/NaN -> "—"."""
+    if _is_missing(value):
+        return MISSING
+    v = float(value)
+    return _infinite(v) or _clean_negative_zero(f"{v:,.{decimals}f}")
+
+
+def format_int(value: float | None) -> str:
+    """A count with thousands separators: 12345 -> "12,345"; None/NaN -> "—"."""
+    if _is_missing(value):
+        return MISSING
+    v = float(value)
+    return _infinite(v) or f"{round(v):,}"
+
+
+def format_float(value: float | None, decimals: int = 4) -> str:
+    """A generic statistic (IC, loss, ...) with fixed decimals; None/NaN -> "—"."""
+    return format_ratio(value, decimals)
+
+
+def format_timestamp(value: object) -> str:
+    """A date or timestamp as "YYYY-MM-DD" (UTC), with "HH:MM" only when the time is not midnight."""
+    if _is_missing(value):
+        return MISSING
+    try:
+        ts = pd.Timestamp(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if ts is pd.NaT:
+        return MISSING
+    if ts.tzinfo is not None:
+        ts = ts.tz_convert("UTC")
+    if (ts.hour, ts.minute, ts.second) == (0, 0, 0):
+        return ts.strftime("%Y-%m-%d")
+    return ts.strftime("%Y-%m-%d %H:%M")
+
+
+def format_duration(seconds: float | None) -> str:
+    """Elapsed time for humans: 4.2 -> "4.2 s", 125 -> "2m 05s", 3720 -> "1h 02m"."""
+    if _is_missing(seconds):
+        return MISSING
+    s = float(seconds)
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        minutes, rest = divmod(round(s), 60)
+        return f"{minutes}m {rest:02d}s"
+    hours, rest = divmod(round(s), 3600)
+    return f"{hours}h {rest // 60:02d}m"
+
+
+def value_kind(key: str, value: object = None) -> str:
+    """How a keyed value is formatted: "pct", "ratio", "int", "float", "date", "bool" or "text"."""
+    if key in METRICS:
+        return METRICS[key][1]
+    if key in _EXTRA_KINDS:
+        return _EXTRA_KINDS[key]
+    if key.startswith("n_"):
+        return "int"
+    if isinstance(value, bool | np.bool_):
+        return "bool"
+    if isinstance(value, datetime | date | pd.Timestamp | np.datetime64):
+        return "date"
+    if isinstance(value, str) and _DATE_KEY.search(key):
+        return "date"
+    if isinstance(value, Integral):
+        return "int"
+    if isinstance(value, Real):
+        return "float"
+    return "text"
+
+
+def format_value(key: str, value: object) -> str:
+    """Format any keyed value by its kind (see `value_kind`); None/NaN -> "—"."""
+    if _is_missing(value):
+        return MISSING
+    kind = value_kind(key, value)
+    if kind == "pct":
+        return format_percent(value)
+    if kind == "ratio":
+        return format_ratio(value)
+    if kind == "int":
+        return format_int(value)
+    if kind == "float":
+        return format_float(value)
+    if kind == "date":
+        return format_timestamp(value)
+    if kind == "bool":
+        return "yes" if value else "no"
+    return str(value)
+
+
+def format_importance(value: float, scale: float) -> str:
+    """Importance scores come as split counts, gains in the thousands or fractions: pick decimals by scale."""
+    if scale >= 100:
+        return format_ratio(value, 0)
+    if scale >= 1:
+        return format_ratio(value, 2)
+    return format_ratio(value, 4)
+
+
+def label_for(key: str) -> str:
+    """Human label for a metric or column key: "annual_return" -> "Annual return"."""
+    return _LABELS.get(key) or key.replace("_", " ").strip().capitalize()
+
+
+# --- context ------------------------------------------------------------------------------------
+
+
+def _numeric(kind: str) -> bool:
+    return kind in {"pct", "ratio", "int", "float"}
+
+
+def _tone(value: object) -> str:
+    if _is_missing(value):
+        return ""
+    return "pos" if float(value) > 0 else "neg" if float(value) < 0 else ""
+
+
+def _ordered_keys(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    keys: dict[str, None] = {}
+    for row in rows:
+        keys.update(dict.fromkeys(row))
+    return list(keys)
+
+
+def _cards(metrics: Mapping[str, Any], benchmark: Mapping[str, Any]) -> list[dict[str, str]]:
+    cards = []
+    for key, label in CARDS:
+        value = metrics.get(key)
+        note = f"Benchmark {format_value(key, benchmark[key])}" if key in benchmark else ""
+        cards.append(
+            {
+                "label": label,
+                "value": format_value(key, value),
+                "note": note,
+                "tone": _tone(value) if key in SIGNED_CARDS else "",
+            }
+        )
+    return cards
+
+
+def _metric_rows(metrics: Mapping[str, Any], benchmark: Mapping[str, Any]) -> list[dict[str, str]]:
+    # Known metrics in their fixed order, then anything else the caller supplied.
+    keys = list(METRICS) + [k for k in _ordered_keys([metrics, benchmark]) if k not in METRICS]
+    return [
+        {
+            "label": label_for(key),
+            "strategy": format_value(key, metrics.get(key)),
+            "benchmark": format_value(key, benchmark.get(key)),
+        }
+        for key in keys
+        if key in metrics or key in benchmark
+    ]
+
+
+def _fold_table(folds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    keys = _ordered_keys(folds)
+    kinds = {k: next((value_kind(k, r[k]) for r in folds if not _is_missing(r.get(k))), "text") for k in keys}
+    columns = [{"key": k, "label": label_for(k), "numeric": _numeric(kinds[k])} for k in keys]
+    rows = [[format_value(k, row.get(k)) for k in keys] for row in folds]
+    # Mean and standard deviation across folds for the metric columns: how stable is the signal?
+    summary: list[dict[str, Any]] = []
+    stat_keys = [k for k in keys if kinds[k] in {"pct", "ratio", "float"}]
+    if len(folds) >= 2 and stat_keys:
+        for name, fn in (("Mean", statistics.fmean), ("Std", statistics.stdev)):
+            cells = []
+            for k in keys:
+                values = [float(r[k]) for r in folds if k in stat_keys and not _is_missing(r.get(k))]
+                enough = len(values) >= (2 if fn is statistics.stdev else 1)
+                cells.append(format_value(k, fn(values)) if enough else "")
+            cells[0] = cells[0] or name  # the label goes in the first column (fold number) when it is free
+            summary.append({"cells": cells})
+    return {"columns": columns, "rows": rows, "summary": summary}
+
+
+def _feature_table(items: Sequence[tuple[str, float]]) -> tuple[list[tuple[str, float]], list[dict], str]:
+    # Sort by importance, name as tie-break, so equal scores always land in the same order.
+    ranked = sorted(((str(n), float(v)) for n, v in items), key=lambda nv: (-nv[1], nv[0]))
+    top = ranked[:TOP_FEATURES]
+    values = [v for _, v in ranked]
+    total = sum(values)
+    share_ok = bool(values) and min(values) >= 0 and total > 0
+    scale = max((abs(v) for v in values), default=0.0)
+    rows = [
+        {
+            "rank": str(i),
+            "name": name,
+            "importance": format_importance(value, scale),
+            "share": format_percent(value / total, 1) if share_ok else MISSING,
+        }
+        for i, (name, value) in enumerate(top, start=1)
+    ]
+    caption = f"Top {len(top)} of {len(ranked)} features" if ranked else ""
+    return top, rows, caption
+
+
+def _quality(quality: Mapping[str, Any]) -> dict[str, Any] | None:
+    if not quality:
+        return None
+    totals = dict(quality.get("totals") or {})
+    keys = ("rows_in", "accepted", "quarantined", "duplicates_dropped")
+    cards = [{"label": label_for(k), "value": format_int(totals.get(k))} for k in keys]
+    check = None
+    if all(isinstance(totals.get(k), Real) for k in keys):
+        rows_in = totals["rows_in"]
+        out = totals["accepted"] + totals["quarantined"] + totals["duplicates_dropped"]
+        accepted_share = format_percent(totals["accepted"] / rows_in, 2) if rows_in else MISSING
+        conserved = rows_in == out
+        check = {
+            "ok": conserved,
+            "text": (
+                f"Counts conserved: {format_int(rows_in)} rows in = {format_int(totals['accepted'])} accepted"
+                f" + {format_int(totals['quarantined'])} quarantined"
+                f" + {format_int(totals['duplicates_dropped'])} duplicates dropped; {accepted_share} accepted."
+                if conserved
+                else f"Counts NOT conserved: {format_int(rows_in)} rows in, {format_int(out)} accounted for."
+            ),
+        }
+    by_rule = sorted(
+        quality.get("by_rule") or [],
+        key=lambda r: (-(r.get("count") or 0), str(r.get("rule", "")), str(r.get("symbol", ""))),
+    )
+    rules = []
+    for r in by_rule:
+        example = "" if r.get("example") is None else str(r["example"])
+        if len(example) > EXAMPLE_MAX_CHARS:
+            example = example[: EXAMPLE_MAX_CHARS - 1] + "…"
+        rules.append(
+            {
+                "rule": str(r.get("rule", MISSING)),
+                "symbol": str(r.get("symbol") or MISSING),
+                "count": format_int(r.get("count")),
+                "example": example,
+            }
+        )
+    return {"cards": cards, "check": check, "rules": rules}
+
+
+def _stages(stages: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    if not stages:
+        return None
+    rows = []
+    for s in stages:
+        status = str(s.get("status") or MISSING)
+        low = status.lower()
+        tone = "ok" if low in {"ok", "completed", "success", "succeeded", "done"} else ""
+        tone = "bad" if low in {"failed", "error", "cancelled", "timed_out"} else tone
+        rows.append(
+            {
+                "name": str(s.get("name", MISSING)),
+                "status": status,
+                "tone": tone,
+                "seconds": format_duration(s.get("seconds")),
+                "skipped": "cached" if s.get("skipped") else "",
+            }
+        )
+    secs = [float(s["seconds"]) for s in stages if not _is_missing(s.get("seconds"))]
+    return {"rows": rows, "total": format_duration(sum(secs)) if secs else MISSING}
+
+
+def _check_equity(equity: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in EQUITY_COLUMNS if c not in equity.columns]
+    if missing:
+        raise ValueError(f"ReportData.equity lacks column(s) {missing}; expected {list(EQUITY_COLUMNS)}")
+    return equity.sort_values("ts", kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class _Charts:
+    """PNG data URIs, drawn once per report and shared by the HTML and the PDF; None when no data."""
+
+    equity: str | None
+    drawdown: str | None
+    features: str | None
+
+
+def _draw_charts(data: ReportData, equity: pd.DataFrame, top: list[tuple[str, float]]) -> _Charts:
+    has_equity = not equity.empty
+    return _Charts(
+        equity=charts.equity_chart(equity, log_scale=data.log_scale) if has_equity else None,
+        drawdown=charts.drawdown_chart(equity) if has_equity else None,
+        features=charts.feature_importance_chart(top) if top else None,
+    )
+
+
+def _context(data: ReportData, equity: pd.DataFrame, drawn: _Charts, print_mode: bool) -> dict[str, Any]:
+    _, feature_rows, feature_caption = _feature_table(data.feature_importance)
+    half = (len(feature_rows) + 1) // 2
+    period = None
+    if not equity.empty:
+        period = {
+            "start": format_timestamp(equity["ts"].iloc[0]),
+            "end": format_timestamp(equity["ts"].iloc[-1]),
+            "bars": format_int(len(equity)),
+        }
+    css = (TEMPLATE_DIR / "report.css").read_text(encoding="utf-8")
+    return {
+        "print": print_mode,
+        "css": Markup(css),  # our own file, inlined so the report is self-contained
+        "title": data.title,
+        "subtitle": data.subtitle,
+        "generated_at": data.generated_at,
+        "period": period,
+        "config": [(str(k)[:1].upper() + str(k)[1:], str(v)) for k, v in data.config_summary.items()],
+        "cards": _cards(data.metrics, data.benchmark_metrics),
+        "metric_rows": _metric_rows(data.metrics, data.benchmark_metrics),
+        "charts": drawn,
+        "log_scale": data.log_scale,
+        "folds": _fold_table(data.folds),
+        # Two side-by-side tables of ≤ 10 rows keep the chart and its numbers on one page.
+        "features": {
+            "rows": feature_rows,
+            "halves": [h for h in (feature_rows[:half], feature_rows[half:]) if h],
+            "caption": feature_caption,
+        },
+        "quality": _quality(data.quality),
+        "stages": _stages(data.stages),
+    }
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,  # a typo in the template fails loudly instead of rendering blank
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def render_html(data: ReportData, print_mode: bool = False) -> str:
+    """Render the report template to an HTML string (`print_mode` adds page breaks for the PDF)."""
+    equity = _check_equity(data.equity)
+    top, _, _ = _feature_table(data.feature_importance)
+    return _render(data, equity, _draw_charts(data, equity, top), print_mode)
+
+
+def _render(data: ReportData, equity: pd.DataFrame, drawn: _Charts, print_mode: bool) -> str:
+    return _environment().get_template(TEMPLATE_NAME).render(_context(data, equity, drawn, print_mode))
+
+
+def _url_fetcher():
+    """A WeasyPrint fetcher that serves data: URIs only; any other URL stops the render."""
+    import weasyprint
+
+    if hasattr(weasyprint, "URLFetcher"):  # WeasyPrint >= 68
+        return weasyprint.URLFetcher(allowed_protocols={"data"}, fail_on_errors=True)
+
+    def fetch(url: str, *args: Any, **kwargs: Any) -> Any:  # older WeasyPrint: a plain function
+        if not url.startswith("data:"):
+            raise ValueError(f"reports load nothing from the network, refused {url!r}")
+        return weasyprint.default_url_fetcher(url, *args, **kwargs)
+
+    return fetch
+
+
+def html_to_pdf(html: str) -> bytes:
+    """Lay out rendered report HTML as an A4 PDF with WeasyPrint, fetching nothing but data: URIs."""
+    import weasyprint  # imported here: it is slow to import and HTML-only callers do not need it
+
+    return weasyprint.HTML(string=html, url_fetcher=_url_fetcher()).write_pdf()
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    # Temp file in the same folder + os.replace: readers see the old report or the new one, never half.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be opened by others
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def render_report(data: ReportData, out_dir: Path, formats: list[str]) -> dict[str, Path]:
+    """Write `report.html` and/or `report.pdf` into `out_dir`; returns {format: path}.
+
+    Charts are drawn once and shared: the PDF is WeasyPrint's rendering of the same template with the
+    `print` flag set (page breaks only), so both formats show the same content.
+    """
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown report format(s) {unknown}; choose from {list(FORMATS)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    equity = _check_equity(data.equity)
+    top, _, _ = _feature_table(data.feature_importance)
+    drawn = _draw_charts(data, equity, top)
+    written: dict[str, Path] = {}
+    for fmt in FORMATS:
+        if fmt not in formats:
+            continue
+        path = out_dir / OUTPUT_NAMES[fmt]
+        if fmt == "html":
+            payload = _render(data, equity, drawn, print_mode=False).encode("utf-8")
+        else:
+            payload = html_to_pdf(_render(data, equity, drawn, print_mode=True))
+        _atomic_write(path, payload)
+        written[fmt] = path
+    return written

@@ -1,0 +1,65 @@
+"""The report stage: HTML and PDF from one template, into the run's folder."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from quanto.config.models import PipelineConfig
+from quanto.contracts import FileRef, StageRequest, StageResult
+from quanto.lake.materialize import Materialized, StageContext, materialize
+from quanto.lake.storage import sha256_file
+
+
+def config_summary(cfg: PipelineConfig) -> dict[str, str]:
+    """The job's key choices in words, for the report header."""
+    u, wf, bt, m, lab = cfg.universe, cfg.walk_forward, cfg.backtest, cfg.model, cfg.label
+    label = f"forward log return, {lab.horizon} bars"
+    if lab.kind == "direction":
+        label = f"direction of the {lab.horizon}-bar return (threshold {lab.threshold:g})"
+    return {
+        "Universe": f"{', '.join(u.symbols)} ({u.vendor}, {u.timeframe})",
+        "Dates": f"{u.start} to {u.end}",
+        "Label": label,
+        "Model": f"LightGBM {m.objective}, {m.n_estimators} trees, lr {m.learning_rate:g}, {m.num_leaves} leaves",
+        "Walk-forward": f"{wf.scheme}, train {wf.train_bars} / test {wf.test_bars} / step {wf.step} bars,"
+        f" embargo {wf.embargo_bars}",
+        "Positions": f"{bt.mode.replace('_', '/')}, fill at next bar's open",
+        "Costs": f"commission {bt.commission_bps:g} bps + slippage {bt.slippage_bps:g} bps per side",
+    }
+
+
+def run_report(req: StageRequest, ctx: StageContext) -> StageResult:
+    """Render the research report from the outputs of the earlier stages."""
+    from quanto.backtest.stage import run_folder
+    from quanto.reports.render import ReportData, render_report
+
+    cfg = PipelineConfig.model_validate(req.config)
+    validate, train, wf, bt = (req.inputs[k] for k in ("validate", "train", "walk_forward", "backtest"))
+    equity_refs = bt.files("equity")
+    inputs = equity_refs + train.files("model")
+    stage_cfg = {"report": cfg.report.model_dump(mode="json"), "summary": config_summary(cfg)}
+
+    def compute(key: str) -> Materialized:
+        equity = ctx.lake.read_frame(equity_refs)
+        data = ReportData(
+            title=cfg.report.title,
+            subtitle=f"{cfg.name} · {cfg.workflow_id()}",
+            generated_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            config_summary=config_summary(cfg),
+            equity=equity,
+            metrics=bt.summary["metrics"],
+            benchmark_metrics=bt.summary["benchmark_metrics"],
+            folds=wf.summary.get("folds", []),
+            feature_importance=[tuple(x) for x in train.summary.get("feature_importance", [])],
+            quality=validate.summary,
+        )
+        paths = render_report(data, ctx.lake.abspath(run_folder(cfg)), cfg.report.formats)
+        outputs = [
+            FileRef(path=ctx.lake.relpath(p), sha256=sha256_file(p), rows=0, role=f"report_{fmt}")
+            for fmt, p in sorted(paths.items())
+        ]
+        return Materialized(outputs, counters={"files": len(outputs)})
+
+    # Upstream summaries (metrics, folds, quality) shape the report, so they are part of its key.
+    key_cfg = {**stage_cfg, "upstream": [validate.key, train.key, wf.key, bt.key]}
+    return materialize("report", ctx, inputs, key_cfg, compute)

@@ -1,0 +1,52 @@
+"""The research pipeline's stages in one table, and an in-process runner (notebooks, tests, benchmarks).
+
+The Temporal workflow runs the same stage functions as activities, in the order of
+`quanto.contracts.PIPELINE_STAGES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from quanto.backtest.stage import run_backtest
+from quanto.config.models import PipelineConfig
+from quanto.contracts import PIPELINE_STAGES, StageRequest, StageResult
+from quanto.data.ingest import run_ingest
+from quanto.evaluation.stage import run_walk_forward
+from quanto.features.stage import run_features
+from quanto.labels.stage import run_labels
+from quanto.lake.materialize import StageContext
+from quanto.models.training import run_train
+from quanto.reports.stage import run_report
+from quanto.validation.stage import run_validate
+
+StageFn = Callable[[StageRequest, StageContext], StageResult]
+
+STAGE_FUNCTIONS: dict[str, StageFn] = {
+    "ingest": run_ingest,
+    "validate": run_validate,
+    "features": run_features,
+    "labels": run_labels,
+    "train": run_train,
+    "walk_forward": run_walk_forward,
+    "backtest": run_backtest,
+    "report": run_report,
+}
+assert tuple(STAGE_FUNCTIONS) == tuple(s.name for s in PIPELINE_STAGES)
+
+
+def run_pipeline_local(cfg: PipelineConfig, ctx: StageContext, source: str = "") -> dict[str, StageResult]:
+    """Run every stage in order in this process; returns each stage's result."""
+    config = cfg.model_dump(mode="json")
+    results: dict[str, StageResult] = {}
+    for spec in PIPELINE_STAGES:
+        req = StageRequest(
+            stage=spec.name,
+            config=config,
+            config_source=source,
+            inputs={n: results[n] for n in spec.needs},
+            workflow_id=ctx.workflow_id,
+            run_id=ctx.run_id,
+        )
+        results[spec.name] = STAGE_FUNCTIONS[spec.name](req, ctx)
+    return results

@@ -1,0 +1,346 @@
+"""`quanto` — the command line (DESIGN.md section 3). Every command takes --json.
+
+Exit codes: 0 ok, 1 the job failed, 2 bad input (config, arguments).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from quanto.config.loading import ConfigError, load_config
+from quanto.config.models import CONFIG_KINDS, PipelineConfig
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Quanto: durable quant research on Temporal."
+)
+server_app = typer.Typer(no_args_is_help=True, help="The local Temporal dev server.")
+pipeline_app = typer.Typer(no_args_is_help=True, help="Research pipeline runs.")
+config_app = typer.Typer(no_args_is_help=True, help="Job-file schemas.")
+app.add_typer(server_app, name="server")
+app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(config_app, name="config")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+STATE_DIR = Path(os.environ.get("QUANTO_HOME", ".quanto"))
+
+
+def _emit(as_json: bool, obj: dict[str, Any], text: str) -> None:
+    if as_json:
+        print(json.dumps(obj, default=str))
+    else:
+        print(text)
+
+
+def _fail(as_json: bool, code: int, message: str) -> None:
+    if as_json:
+        print(json.dumps({"error": message, "exit_code": code}))
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def _load_pipeline(path: Path, as_json: bool) -> PipelineConfig:
+    try:
+        return load_config(PipelineConfig, path)
+    except ConfigError as err:
+        _fail(as_json, 2, str(err))
+        raise  # unreachable: _fail exits
+
+
+def _setup_logging() -> None:
+    from quanto.observability.logging import configure_logging
+
+    configure_logging(console=True)
+
+
+def _dev_server() -> Any:
+    """The dev server `quanto` manages: host and port from TEMPORAL_ADDRESS, UI port from QUANTO_UI_PORT."""
+    from quanto.starter.client import temporal_address
+    from quanto.starter.server import DevServer
+
+    host, _, port = temporal_address().rpartition(":")
+    return DevServer(
+        state_dir=STATE_DIR,
+        ip=host or "127.0.0.1",
+        port=int(port),
+        ui_port=int(os.environ.get("QUANTO_UI_PORT", 8233)),
+    )
+
+
+# --- server -------------------------------------------------------------------------------------------
+
+
+@server_app.command("start")
+def server_start(as_json: JsonFlag = False) -> None:
+    """Start the local dev server (SQLite at .quanto/temporal.db, Web UI on :8233) unless one answers."""
+    from quanto.starter.client import UI_URL, temporal_address
+    from quanto.starter.server import is_healthy
+
+    server = _dev_server()
+    if is_healthy(temporal_address()):
+        _emit(as_json, {"address": temporal_address(), "started": False, "ui_url": UI_URL},
+              f"Temporal already answers on {temporal_address()} (Web UI {UI_URL})")  # fmt: skip
+        return
+    proc = server.start()
+    _emit(as_json, {"address": server.address, "started": True, "pid": proc.pid, "ui_url": UI_URL,
+                    "db": str(server.db_file)},
+          f"Temporal dev server started on {server.address} (pid {proc.pid}); Web UI {UI_URL}")  # fmt: skip
+
+
+@server_app.command("stop")
+def server_stop(as_json: JsonFlag = False) -> None:
+    """Stop the dev server that `quanto server start` started."""
+    stopped = _dev_server().stop()
+    _emit(
+        as_json, {"stopped": stopped}, "stopped" if stopped else "no dev server started from here is running"
+    )
+
+
+@server_app.command("status")
+def server_status(as_json: JsonFlag = False) -> None:
+    """Whether Temporal answers, and the dev server's pid if started from here."""
+    from quanto.starter.client import UI_URL, temporal_address
+    from quanto.starter.server import is_healthy
+
+    healthy = is_healthy(temporal_address())
+    pid = _dev_server().pid()
+    _emit(as_json, {"address": temporal_address(), "healthy": healthy, "pid": pid, "ui_url": UI_URL},
+          f"{temporal_address()}: {'SERVING' if healthy else 'not answering'}"
+          + (f" (dev server pid {pid})" if pid else ""))  # fmt: skip
+    if not healthy:
+        raise typer.Exit(1)
+
+
+# --- worker -------------------------------------------------------------------------------------------
+
+
+@app.command("worker")
+def worker(
+    queue: Annotated[
+        list[str] | None, typer.Option("--queue", "-q", help="Task queue(s); all by default.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run workers for the task queues until interrupted (SIGINT/SIGTERM)."""
+    from quanto.contracts import ALL_QUEUES
+    from quanto.starter.client import connect
+    from quanto.store.db import connect as db_connect
+    from quanto.workers.build import run_workers
+
+    unknown = [q for q in queue or [] if q not in ALL_QUEUES]
+    if unknown:
+        _fail(as_json, 2, f"--queue: unknown task queue(s) {unknown}; known: {list(ALL_QUEUES)}")
+    _setup_logging()
+    db_connect().close()  # create the database and apply migrations before any activity runs
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        client = await connect()
+        queues = queue or list(ALL_QUEUES)
+        if as_json:
+            print(json.dumps({"worker": "running", "queues": queues, "pid": os.getpid()}), flush=True)
+        else:
+            print(f"worker running on {', '.join(queues)} (pid {os.getpid()}); Ctrl-C stops", file=sys.stderr)
+        await run_workers(client, queue, stop)
+
+    asyncio.run(main())
+
+
+# --- pipeline -----------------------------------------------------------------------------------------
+
+
+async def _run_pipeline(cfg: PipelineConfig, source: str, wait: bool, echo: bool) -> tuple[dict, int]:
+    from quanto.starter.client import connect, ui_link
+    from quanto.starter.pipeline import WorkflowFailureError, follow, result_json, start_pipeline
+
+    client = await connect()
+    handle = await start_pipeline(client, cfg, source)
+    if echo:
+        print(f"pipeline {handle.id}\n  Web UI: {ui_link(handle.id, handle.result_run_id)}", file=sys.stderr)
+    if not wait:
+        return {"workflow_id": handle.id, "run_id": handle.result_run_id, "ui_url": ui_link(handle.id)}, 0
+    try:
+        result = await follow(handle, echo=echo)
+    except WorkflowFailureError as err:
+        cause = err.cause
+        while getattr(cause, "cause", None) is not None and not getattr(cause, "message", None):
+            cause = cause.cause
+        message = getattr(cause, "message", str(cause))
+        return {
+            "workflow_id": handle.id,
+            "status": "failed",
+            "error": message,
+            "ui_url": ui_link(handle.id),
+        }, 1
+    return result_json(result, handle.result_run_id), 0
+
+
+def _print_result(out: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(out, default=str))
+        return
+    if out.get("status") == "failed":
+        print(f"pipeline failed: {out['error']}\n  {out['ui_url']}", file=sys.stderr)
+        return
+    m = out.get("metrics", {})
+    lines = [f"workflow {out['workflow_id']}: {out.get('status', 'started')}"]
+    if m:
+        fmt = lambda v, pct: "—" if v is None else (f"{v:.2%}" if pct else f"{v:.2f}")  # noqa: E731
+        lines.append(
+            f"  total return {fmt(m.get('total_return'), True)}  annual {fmt(m.get('annual_return'), True)}"
+            f"  Sharpe {fmt(m.get('sharpe'), False)}  max drawdown {fmt(m.get('max_drawdown'), True)}"
+            f"  trades {m.get('trades')}"
+        )
+    for key in ("report_html", "report_pdf", "ui_url"):
+        if out.get(key):
+            lines.append(f"  {key.replace('_', ' ')}: {out[key]}")
+    print("\n".join(lines))
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Pipeline job file (YAML).")],
+    wait: Annotated[bool, typer.Option("--wait", help="Follow progress until the run ends.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Start ResearchPipelineWorkflow for a job file (a repeated start attaches to the running one)."""
+    cfg = _load_pipeline(config, as_json)
+    out, code = asyncio.run(_run_pipeline(cfg, str(config), wait, echo=not as_json))
+    _print_result(out, as_json)
+    raise typer.Exit(code)
+
+
+@pipeline_app.command("status")
+def pipeline_status(workflow_id: str, as_json: JsonFlag = False) -> None:
+    """Status of a pipeline run: Temporal status and per-stage progress."""
+    from quanto.contracts import StageStatus
+    from quanto.starter.client import connect, ui_link
+
+    async def main() -> dict:
+        client = await connect()
+        handle = client.get_workflow_handle(workflow_id)
+        desc = await handle.describe()
+        try:
+            stages = [s.model_dump() for s in await handle.query("progress", result_type=list[StageStatus])]
+        except Exception:
+            stages = []
+        return {
+            "workflow_id": workflow_id,
+            "run_id": desc.run_id,
+            "status": desc.status.name if desc.status else "UNKNOWN",
+            "started_at": desc.start_time,
+            "closed_at": desc.close_time,
+            "stages": stages,
+            "ui_url": ui_link(workflow_id, desc.run_id),
+        }
+
+    try:
+        out = asyncio.run(main())
+    except Exception as err:  # RPCError not found
+        _fail(as_json, 2, f"workflow {workflow_id!r}: {err}")
+    text = f"{out['workflow_id']}: {out['status']}\n" + "\n".join(
+        f"  {s['name']:<13} {s['status']}{' (skipped)' if s['skipped'] else ''}" for s in out["stages"]
+    )
+    _emit(as_json, out, text)
+
+
+@pipeline_app.command("ls")
+def pipeline_ls(limit: int = 20, as_json: JsonFlag = False) -> None:
+    """Recent pipeline runs (Temporal visibility, QuantoKind = 'pipeline')."""
+    from quanto.starter.client import connect
+
+    async def main() -> list[dict]:
+        client = await connect()
+        rows = []
+        async for wf in client.list_workflows('QuantoKind = "pipeline"', limit=limit):
+            rows.append(
+                {"workflow_id": wf.id, "run_id": wf.run_id, "status": wf.status.name if wf.status else None,
+                 "started_at": wf.start_time, "closed_at": wf.close_time}
+            )  # fmt: skip
+        return rows
+
+    rows = asyncio.run(main())
+    text = "\n".join(
+        f"{r['workflow_id']:<40} {r['status']:<12} {r['started_at']:%Y-%m-%d %H:%M:%S}" for r in rows
+    )
+    _emit(as_json, {"pipelines": rows}, text or "no pipeline runs yet")
+
+
+# --- config -------------------------------------------------------------------------------------------
+
+
+@config_app.command("schema")
+def config_schema(kind: str, as_json: JsonFlag = False) -> None:
+    """JSON Schema of a job file kind (for editor completion)."""
+    model = CONFIG_KINDS.get(kind)
+    if model is None:
+        _fail(as_json, 2, f"kind: unknown job-file kind {kind!r}; known: {sorted(CONFIG_KINDS)}")
+    schema = model.model_json_schema()
+    print(json.dumps(schema, indent=None if as_json else 2))
+
+
+# --- demo ---------------------------------------------------------------------------------------------
+
+
+@app.command("demo")
+def demo(
+    config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/demo.yaml"),
+    as_json: JsonFlag = False,
+) -> None:
+    """Dev server (if none) + a worker + the research pipeline on configs/demo.yaml, waiting for the end."""
+    from quanto.starter.client import UI_URL, temporal_address
+    from quanto.starter.server import is_healthy
+
+    cfg = _load_pipeline(config, as_json)
+    echo = not as_json
+    if not is_healthy(temporal_address()):
+        server = _dev_server()
+        if echo:
+            print(f"starting Temporal dev server on {server.address} (Web UI {UI_URL}) …", file=sys.stderr)
+        server.start()
+    elif echo:
+        print(f"using the Temporal server on {temporal_address()} (Web UI {UI_URL})", file=sys.stderr)
+    log_dir = STATE_DIR / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "demo-worker.log", "ab") as log:
+        worker_proc = subprocess.Popen(
+            [sys.executable, "-m", "quanto.starter.cli", "worker"], stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        t0 = time.perf_counter()
+        out, code = asyncio.run(_run_pipeline(cfg, str(config), wait=True, echo=echo))
+        out["seconds"] = round(time.perf_counter() - t0, 2)
+    finally:
+        worker_proc.send_signal(signal.SIGTERM)
+        try:
+            worker_proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker_proc.kill()
+    _print_result(out, as_json)
+    if echo and code == 0:
+        print(
+            f"  done in {out['seconds']:.1f}s — open the report, or browse the run in the Web UI",
+            file=sys.stderr,
+        )
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

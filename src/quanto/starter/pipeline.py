@@ -1,0 +1,94 @@
+"""Starting and following ResearchPipelineWorkflow from the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+
+from quanto.config.models import PipelineConfig
+from quanto.contracts import QUEUE_CONTROL, PipelineRequest, PipelineResult, StageStatus
+from quanto.starter.client import ui_link
+from quanto.workflows import search
+
+
+def request_for(cfg: PipelineConfig, source: str) -> PipelineRequest:
+    """The workflow input: the validated config as JSON with the lake root made absolute."""
+    config = cfg.model_dump(mode="json")
+    config["lake_root"] = str(Path(cfg.lake_root).expanduser().resolve())
+    return PipelineRequest(config=config, config_source=source, config_name=cfg.name)
+
+
+async def start_pipeline(client: Client, cfg: PipelineConfig, source: str):
+    """Start (or attach to a running) pipeline workflow under its business-key ID."""
+    return await client.start_workflow(
+        "ResearchPipelineWorkflow",
+        request_for(cfg, source),
+        id=cfg.workflow_id(),
+        task_queue=QUEUE_CONTROL,
+        result_type=PipelineResult,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        search_attributes=TypedSearchAttributes(
+            [SearchAttributePair(search.KIND, "pipeline"), SearchAttributePair(search.CONFIG, cfg.name)]
+        ),
+    )
+
+
+async def follow(handle, echo: bool = True, interval: float = 0.5) -> PipelineResult:
+    """Wait for the result, printing each stage's transition to stderr as it happens."""
+    result_task = asyncio.create_task(handle.result())
+    shown: dict[str, str] = {}
+    while not result_task.done():
+        try:
+            stages = await handle.query("progress", result_type=list[StageStatus])
+        except Exception:
+            stages = []  # no worker polling yet, or the run just closed
+        if echo:
+            _print_changes(stages, shown)
+        await asyncio.wait([result_task], timeout=interval)
+    result = result_task.result()
+    if echo:
+        _print_changes(result.stages, shown)
+    return result
+
+
+def _print_changes(stages: list[StageStatus], shown: dict[str, str]) -> None:
+    for s in stages:
+        state = f"{s.status}:{s.skipped}"
+        if shown.get(s.name) == state or s.status == "pending":
+            continue
+        shown[s.name] = state
+        if s.status == "running":
+            line = f"  ▸ {s.name:<13} running…"
+        elif s.status == "completed":
+            what = "skipped: already materialized" if s.skipped else "done"
+            line = f"  ✓ {s.name:<13} {what} ({s.seconds or 0:.1f}s)"
+        else:
+            line = f"  ✗ {s.name:<13} {s.status}"
+        print(line, file=sys.stderr, flush=True)
+
+
+def result_json(result: PipelineResult, run_id: str | None) -> dict[str, Any]:
+    """The CLI's JSON for a finished pipeline (same shape for `pipeline run --wait` and `demo`)."""
+    return {
+        "workflow_id": result.workflow_id,
+        "status": result.status,
+        "ui_url": ui_link(result.workflow_id, run_id),
+        "report_html": result.report_html,
+        "report_pdf": result.report_pdf,
+        "metrics": result.metrics,
+        "stages": [s.model_dump() for s in result.stages],
+    }
+
+
+__all__ = ["WorkflowFailureError", "follow", "request_for", "result_json", "start_pipeline"]

@@ -1,0 +1,1 @@
+"""PostgreSQL: ordered migrations and small repositories in plain SQL (psycopg 3)."""

@@ -1,0 +1,1 @@
+"""Validation rules, quarantine and quality summaries."""

@@ -1,0 +1,1 @@
+"""Worker construction per task queue and the worker process entry point."""

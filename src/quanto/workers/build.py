@@ -1,0 +1,76 @@
+"""Build Worker objects per task queue. CPU-bound stages run in a process pool (spawned, so nothing
+Temporal-related crosses a fork); I/O and training stages run in threads."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import multiprocessing
+import os
+from contextlib import AsyncExitStack
+
+from temporalio.client import Client
+from temporalio.worker import SharedStateManager, Worker
+
+from quanto.activities import pipeline as acts
+from quanto.contracts import ALL_QUEUES, PIPELINE_STAGES, QUEUE_CONTROL, QUEUE_IO
+from quanto.workflows.pipeline import ResearchPipelineWorkflow
+
+WORKFLOWS = {QUEUE_CONTROL: [ResearchPipelineWorkflow]}
+PROCESS_POOL_QUEUES = {"quanto-compute"}
+
+
+def activities_by_queue() -> dict[str, list]:
+    """The activity functions each task queue serves."""
+    out: dict[str, list] = {}
+    for spec in PIPELINE_STAGES:
+        out.setdefault(spec.queue, []).append(acts.STAGE_ACTIVITIES[spec.name])
+    out.setdefault(QUEUE_IO, []).append(acts.record_run)
+    return out
+
+
+def pool_size() -> int:
+    """Concurrent activities per queue (`QUANTO_WORKER_PROCESSES`, default: CPU count)."""
+    return int(os.environ.get("QUANTO_WORKER_PROCESSES", os.cpu_count() or 2))
+
+
+async def run_workers(
+    client: Client, queues: list[str] | None = None, stop: asyncio.Event | None = None
+) -> None:
+    """Run workers for `queues` (all with work by default) until `stop` is set."""
+    wanted = queues or list(ALL_QUEUES)
+    acts_by_queue = activities_by_queue()
+    stop = stop or asyncio.Event()
+    async with AsyncExitStack() as stack:
+        workers = []
+        for queue in wanted:
+            workflows, activities = WORKFLOWS.get(queue, []), acts_by_queue.get(queue, [])
+            if not workflows and not activities:
+                continue  # e.g. quanto-exec before the trading issue lands
+            kwargs: dict = {}
+            if activities:
+                if queue in PROCESS_POOL_QUEUES:
+                    ctx = multiprocessing.get_context("spawn")
+                    executor = stack.enter_context(
+                        concurrent.futures.ProcessPoolExecutor(max_workers=pool_size(), mp_context=ctx)
+                    )
+                    manager = stack.enter_context(ctx.Manager())
+                    kwargs["shared_state_manager"] = SharedStateManager.create_from_multiprocessing(manager)
+                else:
+                    executor = stack.enter_context(
+                        concurrent.futures.ThreadPoolExecutor(max_workers=pool_size())
+                    )
+                kwargs.update(activity_executor=executor, max_concurrent_activities=pool_size())
+            workers.append(
+                Worker(client, task_queue=queue, workflows=workflows, activities=activities, **kwargs)
+            )
+        if not workers:
+            raise ValueError(f"no work on queues {wanted}; known: {list(ALL_QUEUES)}")
+        tasks = [asyncio.create_task(w.run()) for w in workers]
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for w in workers:
+            await w.shutdown()
+        for t in done:
+            if t is not stopper and t.exception():
+                raise t.exception()

@@ -1,0 +1,121 @@
+"""ResearchPipelineWorkflow: ingest → validate → features → labels → train → walk-forward → backtest → report."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from quanto.contracts import (
+        PIPELINE_STAGES,
+        QUEUE_IO,
+        PipelineRequest,
+        PipelineResult,
+        StageRequest,
+        StageResult,
+        StageStatus,
+    )
+    from quanto.workflows import search
+
+NON_RETRYABLE = ["InputError", "ConfigError", "SchemaMismatch"]
+
+
+@workflow.defn(name="ResearchPipelineWorkflow")
+class ResearchPipelineWorkflow:
+    """Runs each stage as an activity on its task queue, passing results as lake references."""
+
+    def __init__(self) -> None:
+        self._stages = [StageStatus(name=s.name) for s in PIPELINE_STAGES]
+
+    @workflow.query
+    def progress(self) -> list[StageStatus]:
+        """Status of every stage (pending, running, completed, failed) with seconds and skip flag."""
+        return self._stages
+
+    @workflow.run
+    async def run(self, req: PipelineRequest) -> PipelineResult:
+        runtime = req.config["runtime"]
+        retry = RetryPolicy(
+            initial_interval=timedelta(seconds=1),
+            backoff_coefficient=2.0,
+            maximum_interval=timedelta(seconds=60),
+            maximum_attempts=runtime["max_attempts"],
+            non_retryable_error_types=NON_RETRYABLE,
+        )
+        workflow.upsert_search_attributes(
+            [search.KIND.value_set("pipeline"), search.CONFIG.value_set(req.config_name)]
+        )
+        info = workflow.info()
+        results: dict[str, StageResult] = {}
+        for spec, status in zip(PIPELINE_STAGES, self._stages, strict=True):
+            workflow.upsert_search_attributes([search.STAGE.value_set(spec.name)])
+            status.status = "running"
+            started = workflow.now()
+            try:
+                result = await workflow.execute_activity(
+                    spec.activity,
+                    StageRequest(
+                        stage=spec.name,
+                        config=req.config,
+                        config_source=req.config_source,
+                        inputs={n: results[n] for n in spec.needs},
+                        workflow_id=info.workflow_id,
+                        run_id=info.run_id,
+                    ),
+                    task_queue=spec.queue,
+                    start_to_close_timeout=timedelta(seconds=runtime["stage_timeout_s"]),
+                    heartbeat_timeout=timedelta(seconds=runtime["heartbeat_timeout_s"]),
+                    retry_policy=retry,
+                    result_type=StageResult,
+                )
+            except ActivityError as err:
+                status.status = "failed"
+                workflow.upsert_search_attributes([search.STAGE.value_set(f"failed:{spec.name}")])
+                await self._record(req, "failed", {})
+                cause = err.cause if isinstance(err.cause, ApplicationError) else err
+                raise ApplicationError(
+                    f"stage {spec.name} failed: {cause.message if isinstance(cause, ApplicationError) else cause}",
+                    type="StageFailed",
+                    non_retryable=True,
+                ) from err
+            status.status = "completed"
+            status.skipped = result.skipped
+            status.seconds = (workflow.now() - started).total_seconds()
+            results[spec.name] = result
+        workflow.upsert_search_attributes([search.STAGE.value_set("done")])
+        report = {f.role: f.path for f in results["report"].outputs}
+        lake = req.config["lake_root"].rstrip("/")
+        out = PipelineResult(
+            workflow_id=info.workflow_id,
+            status="completed",
+            report_html=f"{lake}/{report['report_html']}" if "report_html" in report else None,
+            report_pdf=f"{lake}/{report['report_pdf']}" if "report_pdf" in report else None,
+            metrics=results["backtest"].summary.get("metrics", {}),
+            stages=self._stages,
+            results=results,
+        )
+        await self._record(req, "completed", out.metrics, out.report_html, out.report_pdf)
+        return out
+
+    async def _record(self, req: PipelineRequest, status: str, metrics: dict, html=None, pdf=None) -> None:
+        info = workflow.info()
+        await workflow.execute_activity(
+            "pipeline.record_run",
+            {
+                "workflow_id": info.workflow_id,
+                "run_id": info.run_id,
+                "kind": "pipeline",
+                "config_name": req.config_name,
+                "config_hash": info.workflow_id.rsplit("-", 1)[-1],
+                "status": status,
+                "metrics": metrics,
+                "report_html": html,
+                "report_pdf": pdf,
+            },
+            task_queue=QUEUE_IO,
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(seconds=30)),
+        )
