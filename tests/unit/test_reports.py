@@ -7,13 +7,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import matplotlib
+import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 from pypdf import PdfReader
 
-from quanto.reports import ReportData, render_report
+from quanto.reports import ReportData, charts, render_report
 from quanto.reports.render import (
     format_duration,
     format_int,
@@ -21,6 +23,7 @@ from quanto.reports.render import (
     format_ratio,
     format_timestamp,
     render_html,
+    show_time_of_day,
 )
 
 TITLE = "Momentum LightGBM — US large caps"
@@ -229,3 +232,93 @@ def test_single_format_and_bad_input(tmp_path: Path):
         render_report(_data(), tmp_path, ["docx"])
     with pytest.raises(ValueError, match="benchmark_drawdown"):
         render_report(_data(equity=_equity().drop(columns="benchmark_drawdown")), tmp_path, ["html"])
+
+
+def test_equity_and_drawdown_charts_share_the_time_axis():
+    # Equity in the millions and drawdowns in percent give tick labels of very different widths.
+    equity = _equity()
+    equity[["equity", "benchmark"]] *= 25
+    ts = equity["ts"]
+    figures = charts._time_series_figures(equity)
+    try:
+        with matplotlib.rc_context(charts._STYLE):
+            for fig in figures:
+                fig.canvas.draw()  # run the layout as savefig would, so positions are final
+        axes = [fig.axes[0] for fig in figures]
+        lo, hi = mdates.date2num(ts.iloc[0].tz_localize(None)), mdates.date2num(ts.iloc[-1].tz_localize(None))
+        for ax in axes:
+            # Exactly the equity frame's range (plus the 1% pad), in both charts.
+            assert ax.get_xlim() == pytest.approx((lo - 0.01 * (hi - lo), hi + 0.01 * (hi - lo)))
+            xs = np.concatenate([line.get_xdata() for line in ax.get_lines()])
+            assert mdates.date2num(xs.min()) == pytest.approx(lo) and mdates.date2num(
+                xs.max()
+            ) == pytest.approx(hi)
+        # Same plot-area edges on the page: a date sits at the same x in both charts.
+        widths = [fig.get_figwidth() for fig in figures]
+        assert widths[0] == widths[1]
+        (e0, e1), (d0, d1) = (ax.get_position().intervalx for ax in axes)
+        assert (e0, e1) == pytest.approx((d0, d1))
+    finally:
+        for fig in figures:
+            fig.clear()
+
+
+def _folds_on(ts: pd.Series) -> list[dict]:
+    """Folds whose boundaries are bars of `ts`, as ISO strings (as the walk-forward stage stores them)."""
+    return [
+        {
+            "index": i,
+            "train_start": ts.iloc[0].isoformat(),
+            "train_end": ts.iloc[100 * i + 99].isoformat(),
+            "test_start": ts.iloc[100 * i + 100].isoformat(),
+            "test_end": ts.iloc[100 * i + 199].isoformat(),
+            "note": None,
+            "ic": 0.01 * i,
+            "auc": None,
+        }
+        for i in range(3)
+    ]
+
+
+def test_daily_bars_show_dates_only(tmp_path: Path):
+    # Daily bars at the New York open: 14:30 UTC in winter, 13:30 UTC in summer.
+    equity = _equity()
+    days = pd.DatetimeIndex(equity["ts"].dt.tz_localize(None))
+    equity["ts"] = (
+        (days + pd.Timedelta(hours=9, minutes=30)).tz_localize("America/New_York").tz_convert("UTC")
+    )
+    assert equity["ts"].dt.hour.nunique() == 2
+    folds = _folds_on(equity["ts"])
+    assert show_time_of_day(equity["ts"], [f["test_start"] for f in folds]) is False
+
+    html = render_html(_data(equity=equity, folds=folds))
+    assert "<li><span>Period</span> 2022-01-03 → 2023-12-07</li>" in html
+    fold_table = html[html.index("Walk-forward folds") : html.index("Feature importance")]
+    assert "<td>2022-05-20</td><td>2022-05-23</td>" in fold_table  # fold 0: train end, test start
+    assert not re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}", fold_table)
+    # Columns empty in every fold (no AUC, no note) are left out.
+    assert "<th>Note</th>" not in fold_table and ">AUC<" not in fold_table
+
+
+def test_intraday_bars_show_times(tmp_path: Path):
+    equity = _equity()
+    equity["ts"] = pd.date_range("2022-03-01 20:00", periods=len(equity), freq="h", tz="UTC")
+    folds = _folds_on(equity["ts"])
+    assert show_time_of_day(equity["ts"], [f["test_start"] for f in folds]) is True
+
+    html = render_html(_data(equity=equity, folds=folds))
+    assert "<li><span>Period</span> 2022-03-01 20:00 → 2022-03-22 19:00</li>" in html
+    fold_table = html[html.index("Walk-forward folds") : html.index("Feature importance")]
+    # Fold 0: train end, then a test start at midnight that keeps its time (one format for the run).
+    assert "<td>2022-03-05 23:00</td><td>2022-03-06 00:00</td>" in fold_table
+    assert not re.search(r">\d{4}-\d{2}-\d{2}<", fold_table)
+
+
+def test_show_time_of_day_rule():
+    assert show_time_of_day([]) is False
+    assert show_time_of_day(pd.date_range("2022-01-03", periods=5, freq="D", tz="UTC")) is False
+    # One time of day everywhere: dates only, even when bars and fold boundaries share a day.
+    assert show_time_of_day(["2022-01-03T14:30:00+00:00"], ["2022-01-03 14:30"]) is False
+    assert show_time_of_day(pd.date_range("2022-01-03 14:30", periods=5, freq="h", tz="UTC")) is True
+    # No bars to tell the frequency: differing times of day are shown.
+    assert show_time_of_day([], ["2022-01-03 14:30", "2022-01-04 15:30"]) is True

@@ -175,21 +175,49 @@ def format_float(value: float | None, decimals: int = 4) -> str:
     return format_ratio(value, decimals)
 
 
-def format_timestamp(value: object) -> str:
-    """A date or timestamp as "YYYY-MM-DD" (UTC), with "HH:MM" only when the time is not midnight."""
+def _utc(value: object) -> pd.Timestamp | None:
+    """A date, timestamp or ISO string as a naive UTC timestamp; None when missing or not a date."""
     if _is_missing(value):
-        return MISSING
+        return None
     try:
         ts = pd.Timestamp(value)
     except (TypeError, ValueError):
-        return str(value)
+        return None
     if ts is pd.NaT:
+        return None
+    return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
+
+
+def format_timestamp(value: object, with_time: bool | None = None) -> str:
+    """A date or timestamp in UTC as "YYYY-MM-DD" or "YYYY-MM-DD HH:MM".
+
+    `with_time` True or False forces one form (a report picks it once for all its dates, see
+    `show_time_of_day`); None shows "HH:MM" only when the time is not midnight.
+    """
+    if _is_missing(value):
         return MISSING
-    if ts.tzinfo is not None:
-        ts = ts.tz_convert("UTC")
-    if (ts.hour, ts.minute, ts.second) == (0, 0, 0):
-        return ts.strftime("%Y-%m-%d")
-    return ts.strftime("%Y-%m-%d %H:%M")
+    ts = _utc(value)
+    if ts is None:
+        return str(value)
+    if with_time is None:
+        with_time = (ts.hour, ts.minute, ts.second) != (0, 0, 0)
+    return ts.strftime("%Y-%m-%d %H:%M" if with_time else "%Y-%m-%d")
+
+
+def show_time_of_day(bar_ts: Iterable[object], other_ts: Iterable[object] = ()) -> bool:
+    """Whether a run's dates need "HH:MM": False for daily (or coarser) bars, True for intraday ones.
+
+    Dates only when every timestamp of the run (`bar_ts`, the equity bars, and `other_ts`, such as
+    fold boundaries) has the same time of day, or when the bars never put two on one UTC calendar
+    day: daily bars stamped at the open sit at 13:30 or 14:30 UTC depending on daylight saving time,
+    and "14:30" in a table of daily folds is noise. Otherwise (intraday) the time is shown everywhere.
+    """
+    bars = [ts for ts in map(_utc, bar_ts) if ts is not None]
+    stamps = bars + [ts for ts in map(_utc, other_ts) if ts is not None]
+    if len({ts - ts.normalize() for ts in stamps}) <= 1:
+        return False
+    days = [ts.normalize() for ts in bars]
+    return not (len(days) >= 2 and len(set(days)) == len(days))
 
 
 def format_duration(seconds: float | None) -> str:
@@ -227,8 +255,10 @@ def value_kind(key: str, value: object = None) -> str:
     return "text"
 
 
-def format_value(key: str, value: object) -> str:
-    """Format any keyed value by its kind (see `value_kind`); None/NaN -> "—"."""
+def format_value(key: str, value: object, with_time: bool | None = None) -> str:
+    """Format any keyed value by its kind (see `value_kind`); None/NaN -> "—".
+
+    `with_time` is passed to `format_timestamp` for dates."""
     if _is_missing(value):
         return MISSING
     kind = value_kind(key, value)
@@ -241,7 +271,7 @@ def format_value(key: str, value: object) -> str:
     if kind == "float":
         return format_float(value)
     if kind == "date":
-        return format_timestamp(value)
+        return format_timestamp(value, with_time)
     if kind == "bool":
         return "yes" if value else "no"
     return str(value)
@@ -311,11 +341,26 @@ def _metric_rows(metrics: Mapping[str, Any], benchmark: Mapping[str, Any]) -> li
     ]
 
 
-def _fold_table(folds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    keys = _ordered_keys(folds)
-    kinds = {k: next((value_kind(k, r[k]) for r in folds if not _is_missing(r.get(k))), "text") for k in keys}
+def _fold_kinds(folds: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Each fold column's kind, from its first present value; columns empty in every fold are left out."""
+    kinds = {}
+    for k in _ordered_keys(folds):
+        kind = next((value_kind(k, r[k]) for r in folds if not _is_missing(r.get(k))), None)
+        if kind is not None:  # a column of nothing but "—" (no AUC for a regression) only takes room
+            kinds[k] = kind
+    return kinds
+
+
+def _fold_dates(folds: Sequence[Mapping[str, Any]]) -> list[object]:
+    kinds = _fold_kinds(folds)
+    return [r.get(k) for r in folds for k, kind in kinds.items() if kind == "date"]
+
+
+def _fold_table(folds: Sequence[Mapping[str, Any]], with_time: bool | None = None) -> dict[str, Any]:
+    kinds = _fold_kinds(folds)
+    keys = list(kinds)
     columns = [{"key": k, "label": label_for(k), "numeric": _numeric(kinds[k])} for k in keys]
-    rows = [[format_value(k, row.get(k)) for k in keys] for row in folds]
+    rows = [[format_value(k, row.get(k), with_time) for k in keys] for row in folds]
     # Mean and standard deviation across folds for the metric columns: how stable is the signal?
     summary: list[dict[str, Any]] = []
     stat_keys = [k for k in keys if kinds[k] in {"pct", "ratio", "float"}]
@@ -433,10 +478,13 @@ class _Charts:
 
 
 def _draw_charts(data: ReportData, equity: pd.DataFrame, top: list[tuple[str, float]]) -> _Charts:
-    has_equity = not equity.empty
+    equity_uri = drawdown_uri = None
+    if not equity.empty:
+        # Drawn as a pair: same time range, plot areas aligned so a date sits at one place on the page.
+        equity_uri, drawdown_uri = charts.time_series_charts(equity, log_scale=data.log_scale)
     return _Charts(
-        equity=charts.equity_chart(equity, log_scale=data.log_scale) if has_equity else None,
-        drawdown=charts.drawdown_chart(equity) if has_equity else None,
+        equity=equity_uri,
+        drawdown=drawdown_uri,
         features=charts.feature_importance_chart(top) if top else None,
     )
 
@@ -444,11 +492,13 @@ def _draw_charts(data: ReportData, equity: pd.DataFrame, top: list[tuple[str, fl
 def _context(data: ReportData, equity: pd.DataFrame, drawn: _Charts, print_mode: bool) -> dict[str, Any]:
     _, feature_rows, feature_caption = _feature_table(data.feature_importance)
     half = (len(feature_rows) + 1) // 2
+    # One choice for the whole report: dates alone for daily bars, dates and times for intraday ones.
+    with_time = show_time_of_day(equity["ts"], _fold_dates(data.folds))
     period = None
     if not equity.empty:
         period = {
-            "start": format_timestamp(equity["ts"].iloc[0]),
-            "end": format_timestamp(equity["ts"].iloc[-1]),
+            "start": format_timestamp(equity["ts"].iloc[0], with_time),
+            "end": format_timestamp(equity["ts"].iloc[-1], with_time),
             "bars": format_int(len(equity)),
         }
     css = (TEMPLATE_DIR / "report.css").read_text(encoding="utf-8")
@@ -464,7 +514,7 @@ def _context(data: ReportData, equity: pd.DataFrame, drawn: _Charts, print_mode:
         "metric_rows": _metric_rows(data.metrics, data.benchmark_metrics),
         "charts": drawn,
         "log_scale": data.log_scale,
-        "folds": _fold_table(data.folds),
+        "folds": _fold_table(data.folds, with_time),
         # Two side-by-side tables of ≤ 10 rows keep the chart and its numbers on one page.
         "features": {
             "rows": feature_rows,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import shutil
 import signal
@@ -129,5 +130,11 @@ async def _health(address: str, timeout: float) -> bool:
 
 
 def is_healthy(address: str, timeout: float = 2.0) -> bool:
-    """True when a Temporal frontend answers its health check at `address`."""
-    return asyncio.run(_health(address, timeout))
+    """True when a Temporal frontend answers its health check at `address` (callable inside a loop too)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_health(address, timeout))
+    # Inside a running event loop asyncio.run is not allowed: check from a short-lived thread.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, _health(address, timeout)).result()

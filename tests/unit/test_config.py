@@ -1,0 +1,79 @@
+"""Job files: every shipped config validates; errors name the file, key path and value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quanto.config.loading import ConfigError, load_config, parse_config
+from quanto.config.models import PipelineConfig
+from quanto.starter.server import SEARCH_ATTRIBUTES
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = {"name": "t", "universe": {"symbols": ["AAPL"], "start": "2010-01-01", "end": "2011-01-01"}}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    cfg = load_config(PipelineConfig, path)
+    assert cfg.workflow_id().startswith(f"pipeline-{cfg.name}-")
+
+
+def test_workflow_id_is_a_business_key():
+    a = parse_config(PipelineConfig, BASE, "a.yaml")
+    b = parse_config(
+        PipelineConfig, {**BASE, "lake_root": "/elsewhere", "runtime": {"max_attempts": 2}}, "b.yaml"
+    )
+    c = parse_config(PipelineConfig, {**BASE, "label": {"horizon": 3}}, "c.yaml")
+    assert a.workflow_id() == b.workflow_id() != c.workflow_id()  # results-relevant keys only
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"extra": 1}, "job.yaml: extra: Extra inputs are not permitted (got 1)"),
+        (
+            {"universe": {**BASE["universe"], "symbols": ["A", "A"]}},
+            "job.yaml: universe.symbols: symbols must be unique",
+        ),
+        (
+            {"universe": {**BASE["universe"], "vendor": "bloomberg"}},
+            "job.yaml: universe.vendor: Input should be",
+        ),
+        (
+            {"label": {"horizon": 0}},
+            "job.yaml: label.horizon: Input should be greater than or equal to 1 (got 0)",
+        ),
+        (
+            {"backtest": {"mode": "yolo"}},
+            "job.yaml: backtest.mode: Input should be 'long_flat' or 'long_short'",
+        ),
+        ({"report": {"formats": ["docx"]}}, "job.yaml: report.formats[0]: Input should be 'html' or 'pdf'"),
+        ({"name": "has space"}, "job.yaml: name: String should match pattern"),
+    ],
+)
+def test_errors_name_file_key_and_value(patch, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(PipelineConfig, {**BASE, **patch}, "job.yaml")
+    assert message in str(err.value)
+
+
+def test_not_a_mapping_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        parse_config(PipelineConfig, [1, 2], "x.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"{bad}: not valid YAML"):
+        load_config(PipelineConfig, bad)
+
+
+def test_lake_root_default_comes_from_environment(monkeypatch):
+    monkeypatch.setenv("QUANTO_LAKE_ROOT", "/data/lake")
+    assert parse_config(PipelineConfig, BASE, "x").lake_root == "/data/lake"
+
+
+def test_search_attributes_match_the_deploy_file():
+    lines = (REPO / "temporal-config/search-attributes.env").read_text().splitlines()
+    declared = dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+    assert declared == SEARCH_ATTRIBUTES
