@@ -44,6 +44,10 @@ async def main() -> None:
 
     base = load_config(PipelineConfig, REPO / "configs/demo.yaml")
     work = Path(tempfile.mkdtemp(prefix="quanto-bench-"))
+    os.environ["QUANTO_LOG_DIR"] = str(work)
+    from quanto.observability.logging import configure_logging
+
+    configure_logging(console=False)  # stdout carries only the JSON result lines
     server = DevServer(state_dir=work / "temporal", port=_free_port(), ui_port=0)
     server.start()
     os.environ["TEMPORAL_ADDRESS"] = server.address
@@ -52,7 +56,7 @@ async def main() -> None:
         [sys.executable, "-m", "quanto.starter.cli", "worker"],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "QUANTO_LOG_DIR": str(work)},
+        env=dict(os.environ),
         start_new_session=True,
     )
     try:

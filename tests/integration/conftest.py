@@ -65,19 +65,23 @@ def write_config(folder: Path, name: str, base: dict, **over: Any) -> tuple[Path
     return path, PipelineConfig.model_validate(data)
 
 
-def stop_process_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait_s: float = 30) -> None:
-    """Signal a child's whole process group (worker + its process pool) and reap it."""
+def stop_process_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait_s: float = 30) -> int | None:
+    """Signal a child's whole process group (worker + its process pool), as Ctrl-C in a terminal does.
+
+    Returns the exit code, or None when the group had to be SIGKILLed after `wait_s`.
+    """
     import os
 
     try:
         os.killpg(proc.pid, sig)
     except ProcessLookupError:
-        return
+        return proc.wait()
     try:
-        proc.wait(timeout=wait_s)
+        return proc.wait(timeout=wait_s)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+        return None
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +89,9 @@ def session_worker(temporal_server, pg_dsn, tmp_path_factory) -> Iterator[subpro
     """One `quanto worker` for the tests that do not kill workers."""
     proc = start_worker(tmp_path_factory.mktemp("worker-logs") / "worker.log")
     yield proc
-    stop_process_group(proc)
+    # After running real activities (process pool and manager alive) the worker still stops cleanly
+    # when the whole group is signalled, as with Ctrl-C.
+    assert stop_process_group(proc, signal.SIGINT, wait_s=20) == 0
 
 
 async def pending_activity(handle, activity_type: str) -> Any | None:

@@ -90,7 +90,8 @@ async def test_worker_sigkill_mid_stage_resumes_without_recomputing(own_server, 
     try:
         result = await handle.result()
     finally:
-        stop_process_group(worker)
+        code = stop_process_group(worker, wait_s=20)
+    assert code == 0, "the worker must shut down cleanly on SIGTERM to its process group"
 
     assert result.status == "completed"
     after = manifests_by_stage(lake)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,17 +45,36 @@ async def start_pipeline(client: Client, cfg: PipelineConfig, source: str):
     )
 
 
+async def stage_progress(handle) -> dict[str, str]:
+    """In-stage progress of running stages from their latest heartbeat: {stage: "5/22 fold 4"}."""
+    out = {}
+    desc = await handle.describe()
+    for pa in desc.raw_description.pending_activities:
+        if not pa.heartbeat_details.payloads:
+            continue
+        beat = json.loads(pa.heartbeat_details.payloads[0].data)
+        if isinstance(beat, dict) and beat.get("total"):
+            stage = pa.activity_type.name.removeprefix("pipeline.")
+            out[stage] = f"{beat['done']}/{beat['total']} {beat.get('note', '')}".rstrip()
+    return out
+
+
 async def follow(handle, echo: bool = True, interval: float = 0.5) -> PipelineResult:
-    """Wait for the result, printing each stage's transition to stderr as it happens."""
+    """Wait for the result, printing each stage's transition (and in-stage progress) to stderr."""
     result_task = asyncio.create_task(handle.result())
     shown: dict[str, str] = {}
     while not result_task.done():
         try:
             stages = await handle.query("progress", result_type=list[StageStatus])
+            beats = await stage_progress(handle) if echo else {}
         except Exception:
-            stages = []  # no worker polling yet, or the run just closed
+            stages, beats = [], {}  # no worker polling yet, or the run just closed
         if echo:
             _print_changes(stages, shown)
+            for stage, text in beats.items():
+                if shown.get(f"{stage}:beat") != text:
+                    shown[f"{stage}:beat"] = text
+                    print(f"    {stage:<13} {text}", file=sys.stderr, flush=True)
         await asyncio.wait([result_task], timeout=interval)
     result = result_task.result()
     if echo:

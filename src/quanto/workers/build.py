@@ -7,7 +7,10 @@ import asyncio
 import concurrent.futures
 import multiprocessing
 import os
+import signal
 from contextlib import AsyncExitStack
+from datetime import timedelta
+from multiprocessing.managers import SyncManager
 
 from temporalio.client import Client
 from temporalio.worker import SharedStateManager, Worker
@@ -18,6 +21,17 @@ from quanto.workflows.pipeline import ResearchPipelineWorkflow
 
 WORKFLOWS = {QUEUE_CONTROL: [ResearchPipelineWorkflow]}
 PROCESS_POOL_QUEUES = {"quanto-compute"}
+HEARTBEAT_THROTTLE = timedelta(seconds=2)
+
+
+def _ignore_stop_signals() -> None:
+    """Pool and manager processes leave SIGINT/SIGTERM to the worker, which shuts them down in order.
+
+    Ctrl-C in a terminal (or a kill of the process group) signals every process in the group; if the
+    helpers died first, the worker could neither finish nor report its running activities.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def activities_by_queue() -> dict[str, list]:
@@ -52,9 +66,13 @@ async def run_workers(
                 if queue in PROCESS_POOL_QUEUES:
                     ctx = multiprocessing.get_context("spawn")
                     executor = stack.enter_context(
-                        concurrent.futures.ProcessPoolExecutor(max_workers=pool_size(), mp_context=ctx)
+                        concurrent.futures.ProcessPoolExecutor(
+                            max_workers=pool_size(), mp_context=ctx, initializer=_ignore_stop_signals
+                        )
                     )
-                    manager = stack.enter_context(ctx.Manager())
+                    manager = SyncManager(ctx=ctx)
+                    manager.start(initializer=_ignore_stop_signals)
+                    stack.callback(manager.shutdown)
                     kwargs["shared_state_manager"] = SharedStateManager.create_from_multiprocessing(manager)
                 else:
                     executor = stack.enter_context(
@@ -62,7 +80,16 @@ async def run_workers(
                     )
                 kwargs.update(activity_executor=executor, max_concurrent_activities=pool_size())
             workers.append(
-                Worker(client, task_queue=queue, workflows=workflows, activities=activities, **kwargs)
+                Worker(
+                    client,
+                    task_queue=queue,
+                    workflows=workflows,
+                    activities=activities,
+                    # Heartbeats carry progress the CLI shows; the SDK would otherwise hold them back
+                    # for 80 % of the heartbeat timeout.
+                    max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+                    **kwargs,
+                )
             )
         if not workers:
             raise ValueError(f"no work on queues {wanted}; known: {list(ALL_QUEUES)}")
