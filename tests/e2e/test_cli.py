@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -136,3 +137,23 @@ def test_server_status_reports_a_missing_server(tmp_path):
         "server", "status", "--json", cwd=tmp_path, env={"TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"}
     )
     assert res.returncode == 1 and json.loads(res.stdout)["healthy"] is False
+
+
+def test_demo_with_postgres_unreachable_fails_fast_and_says_where(project):
+    env = {"QUANTO_PG_DSN": f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/quanto",
+           "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"}  # fmt: skip
+    res = quanto("demo", "--json", cwd=project, env=env, timeout=120)
+    assert res.returncode == 1
+    assert "PostgreSQL at" in res.stderr and "is not usable" in res.stderr
+    assert "hunter2" not in res.stderr + res.stdout  # the password never reaches the output
+
+
+def test_server_that_cannot_start_is_a_clear_error(project):
+    with socket.socket() as busy:  # the Web UI port is taken
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        env = {"TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}", "QUANTO_UI_PORT": str(busy.getsockname()[1])}
+        res = quanto("server", "start", "--json", cwd=project, env=env, timeout=120)
+    assert res.returncode == 1
+    assert "temporal server on" in res.stderr and "temporal-server.log" in res.stderr
+    assert "Traceback" not in res.stderr

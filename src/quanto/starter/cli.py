@@ -90,7 +90,10 @@ def server_start(as_json: JsonFlag = False) -> None:
         _emit(as_json, {"address": temporal_address(), "started": False, "ui_url": UI_URL},
               f"Temporal already answers on {temporal_address()} (Web UI {UI_URL})")  # fmt: skip
         return
-    proc = server.start()
+    try:
+        proc = server.start()
+    except (RuntimeError, TimeoutError, FileNotFoundError) as err:
+        _fail(as_json, 1, str(err))
     _emit(as_json, {"address": server.address, "started": True, "pid": proc.pid, "ui_url": UI_URL,
                     "db": str(server.db_file)},
           f"Temporal dev server started on {server.address} (pid {proc.pid}); Web UI {UI_URL}")  # fmt: skip
@@ -161,7 +164,9 @@ def worker(
 # --- pipeline -----------------------------------------------------------------------------------------
 
 
-async def _run_pipeline(cfg: PipelineConfig, source: str, wait: bool, echo: bool) -> tuple[dict, int]:
+async def _run_pipeline(
+    cfg: PipelineConfig, source: str, wait: bool, echo: bool, alive: Any = None
+) -> tuple[dict, int]:
     from quanto.starter.client import connect, ui_link
     from quanto.starter.pipeline import WorkflowFailureError, follow, result_json, start_pipeline
 
@@ -172,7 +177,7 @@ async def _run_pipeline(cfg: PipelineConfig, source: str, wait: bool, echo: bool
     if not wait:
         return {"workflow_id": handle.id, "run_id": handle.result_run_id, "ui_url": ui_link(handle.id)}, 0
     try:
-        result = await follow(handle, echo=echo)
+        result = await follow(handle, echo=echo, alive=alive)
     except WorkflowFailureError as err:
         cause = err.cause
         while getattr(cause, "cause", None) is not None and not getattr(cause, "message", None):
@@ -302,25 +307,43 @@ def demo(
     """Dev server (if none) + a worker + the research pipeline on configs/demo.yaml, waiting for the end."""
     from quanto.starter.client import UI_URL, temporal_address
     from quanto.starter.server import is_healthy
+    from quanto.store.db import connect as db_connect
+    from quanto.store.db import dsn_from_env, redact_dsn
 
     cfg = _load_pipeline(config, as_json)
     echo = not as_json
+    try:
+        db_connect().close()
+    except Exception as err:  # psycopg.OperationalError and friends
+        _fail(as_json, 1, f"PostgreSQL at {redact_dsn(dsn_from_env())} is not usable: {err}".strip())
     if not is_healthy(temporal_address()):
         server = _dev_server()
         if echo:
             print(f"starting Temporal dev server on {server.address} (Web UI {UI_URL}) …", file=sys.stderr)
-        server.start()
+        try:
+            server.start()
+        except (RuntimeError, TimeoutError, FileNotFoundError) as err:
+            _fail(as_json, 1, str(err))
     elif echo:
         print(f"using the Temporal server on {temporal_address()} (Web UI {UI_URL})", file=sys.stderr)
     log_dir = STATE_DIR / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / "demo-worker.log", "ab") as log:
+    worker_log = log_dir / "demo-worker.log"
+    with open(worker_log, "ab") as log:
         worker_proc = subprocess.Popen(
             [sys.executable, "-m", "quanto.starter.cli", "worker"], stdout=log, stderr=subprocess.STDOUT
         )
+
+    def worker_alive() -> str | None:
+        code = worker_proc.poll()
+        return None if code is None else f"the demo's worker exited with code {code}; see {worker_log}"
+
     try:
         t0 = time.perf_counter()
-        out, code = asyncio.run(_run_pipeline(cfg, str(config), wait=True, echo=echo))
+        try:
+            out, code = asyncio.run(_run_pipeline(cfg, str(config), wait=True, echo=echo, alive=worker_alive))
+        except RuntimeError as err:
+            _fail(as_json, 1, str(err))
         out["seconds"] = round(time.perf_counter() - t0, 2)
     finally:
         worker_proc.send_signal(signal.SIGTERM)

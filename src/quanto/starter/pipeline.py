@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +61,31 @@ async def stage_progress(handle) -> dict[str, str]:
     return out
 
 
-async def follow(handle, echo: bool = True, interval: float = 0.5) -> PipelineResult:
-    """Wait for the result, printing each stage's transition (and in-stage progress) to stderr."""
+NO_WORKER_HINT_S = 15.0
+
+
+async def follow(
+    handle, echo: bool = True, interval: float = 0.5, alive: Callable[[], str | None] | None = None
+) -> PipelineResult:
+    """Wait for the result, printing each stage's transition (and in-stage progress) to stderr.
+
+    `alive` (optional) returns an error message once the worker this run depends on has died.
+    """
     result_task = asyncio.create_task(handle.result())
     shown: dict[str, str] = {}
+    started = time.monotonic()
     while not result_task.done():
+        problem = alive() if alive else None
+        if problem:
+            result_task.cancel()
+            raise RuntimeError(problem)
+        if echo and not shown and time.monotonic() - started > NO_WORKER_HINT_S and "hint" not in shown:
+            shown["hint"] = "shown"
+            print(
+                "  … no stage has started yet: is a worker running? Start one with `quanto worker`.",
+                file=sys.stderr,
+                flush=True,
+            )
         try:
             stages = await handle.query("progress", result_type=list[StageStatus])
             beats = await stage_progress(handle) if echo else {}

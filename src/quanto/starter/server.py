@@ -84,8 +84,11 @@ class DevServer:
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
+                log_path = self.state_dir / "logs" / "temporal-server.log"
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
                 raise RuntimeError(
-                    f"temporal server exited with code {proc.returncode}; see {self.state_dir}/logs/temporal-server.log"
+                    f"temporal server on {self.address} (UI port {self.ui_port or 'off'}) exited with code "
+                    f"{proc.returncode}: {' | '.join(tail)} (log: {log_path})"
                 )
             if is_healthy(self.address):
                 return proc
