@@ -61,12 +61,85 @@ class UniverseConfig(Strict):
         return self
 
 
+Policy = Literal["warn", "quarantine", "fail"]
+
+
+class Rule(Strict):
+    """A validation rule's policy: warn (flag, keep the row), quarantine (move the row out) or fail."""
+
+    policy: Policy = "quarantine"
+
+
+class WarnRule(Rule):
+    """A rule that only flags by default."""
+
+    policy: Policy = "warn"
+
+
+class SpikeRule(WarnRule):
+    """Price spike: |close - rolling mean of the previous `window` closes| > k_sigma * their rolling std."""
+
+    k_sigma: float = Field(8.0, gt=0)
+    window: int = Field(50, ge=5, le=100_000)
+
+
+class StaleRule(WarnRule):
+    """Stale price: close unchanged for `bars` consecutive bars (the rows from the `bars`-th on are hit)."""
+
+    bars: int = Field(20, ge=2, le=100_000)
+
+
+class BarRules(Strict):
+    """Rules on bars. Schema mismatches always fail; exact duplicates are always dropped and counted."""
+
+    duplicate_conflict: Rule = Rule()
+    out_of_order: WarnRule = WarnRule()  # rows are sorted either way; the count is reported
+    ohlc: Rule = Rule()  # high >= max(open, close) >= min(open, close) >= low
+    price_positive: Rule = Rule()  # prices finite and > 0
+    volume_nonnegative: Rule = Rule()  # volume finite and >= 0
+    zero_volume_rth: WarnRule = WarnRule()  # zero volume inside regular trading hours (intraday bars)
+    spike: SpikeRule = SpikeRule()
+    stale: StaleRule = StaleRule()
+
+
+class SessionRules(Strict):
+    """Expected bars from the exchange calendar; gaps inside sessions and their repair."""
+
+    enabled: bool = True
+    calendar: str = Field("XNYS", description="exchange_calendars code")
+    extended_hours: bool = Field(False, description="expect pre- and post-market minutes (04:00-20:00 ET)")
+    gap: WarnRule = WarnRule()  # missing bars inside a session; never holidays or after an early close
+    unexpected_bar: WarnRule = WarnRule()  # a bar outside the calendar's sessions
+    repair: bool = Field(True, description="fill short gaps by carrying the last close forward (volume 0)")
+    max_fill_bars: int = Field(5, ge=1, description="gaps shorter than this are filled; longer ones tagged for review")
+
+
+class QuoteRules(Strict):
+    """Rules on quotes and depth snapshots."""
+
+    crossed: Rule = Rule()  # bid > ask at any level
+    locked: WarnRule = WarnRule()  # bid == ask
+    size_nonnegative: Rule = Rule()
+    levels_ordered: Rule = Rule()  # bids descending, asks ascending across levels
+
+
+class FundamentalRules(Strict):
+    """Rules on fundamentals."""
+
+    period_before_filing: Rule = Rule()  # period_end < filed_at
+    duplicate_period: Rule = Rule()  # one statement per (symbol, period_end, field)
+
+
 class ValidationConfig(Strict):
-    """Bar validation rules (extended by the validation issue)."""
+    """Validation rules, each with a policy, and the stage's tolerance for quarantined rows."""
 
     max_quarantine_share: float = Field(
         0.05, ge=0, le=1, description="fail the stage when more than this share of rows is quarantined"
     )
+    bars: BarRules = BarRules()
+    sessions: SessionRules = SessionRules()
+    quotes: QuoteRules = QuoteRules()
+    fundamentals: FundamentalRules = FundamentalRules()
 
 
 class FeaturesConfig(Strict):
