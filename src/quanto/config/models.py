@@ -111,7 +111,9 @@ class SessionRules(Strict):
     gap: WarnRule = WarnRule()  # missing bars inside a session; never holidays or after an early close
     unexpected_bar: WarnRule = WarnRule()  # a bar outside the calendar's sessions
     repair: bool = Field(True, description="fill short gaps by carrying the last close forward (volume 0)")
-    max_fill_bars: int = Field(5, ge=1, description="gaps shorter than this are filled; longer ones tagged for review")
+    max_fill_bars: int = Field(
+        5, ge=1, description="gaps shorter than this are filled; longer ones tagged for review"
+    )
 
 
 class QuoteRules(Strict):
