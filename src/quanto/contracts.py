@@ -84,11 +84,12 @@ class StageRequest(BaseModel):
 
 
 class PipelineRequest(BaseModel):
-    """Input of ResearchPipelineWorkflow."""
+    """Input of ResearchPipelineWorkflow; `until` stops after that stage (e.g. `quanto data validate`)."""
 
     config: dict[str, Any]
     config_source: str = ""
     config_name: str = ""
+    until: str | None = None
 
 
 class StageStatus(BaseModel):

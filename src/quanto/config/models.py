@@ -250,9 +250,9 @@ class PipelineConfig(Strict):
         payload = self.model_dump(mode="json", exclude={"runtime", "lake_root"})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
-    def workflow_id(self) -> str:
-        """Business key of the pipeline workflow: pipeline-<name>-<hash8>."""
-        return f"pipeline-{self.name}-{self.research_hash()[:8]}"
+    def workflow_id(self, kind: str = "pipeline") -> str:
+        """Business key of the workflow: <kind>-<name>-<hash8> (kind `pipeline` or `validate`)."""
+        return f"{kind}-{self.name}-{self.research_hash()[:8]}"
 
 
 CONFIG_KINDS: dict[str, type[BaseModel]] = {"pipeline": PipelineConfig}

@@ -119,3 +119,12 @@ class Lake:
             Path(tmp).unlink(missing_ok=True)
             raise
         return path
+
+    def read_polars(self, refs: Iterable[FileRef]):
+        """Read and concatenate the files of `refs` into one polars frame."""
+        import polars as pl
+
+        paths = [str(self.abspath(r.path)) for r in refs]
+        if not paths:
+            raise ValueError("no files to read")
+        return pl.read_parquet(paths)

@@ -402,7 +402,9 @@ def _quality(quality: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     totals = dict(quality.get("totals") or {})
     keys = ("rows_in", "accepted", "quarantined", "duplicates_dropped")
-    cards = [{"label": label_for(k), "value": format_int(totals.get(k))} for k in keys]
+    # Repair and warnings (imputed bars, flagged rows) are shown when the validation stage reports them.
+    shown = keys + tuple(k for k in ("imputed", "flagged") if k in totals)
+    cards = [{"label": label_for(k), "value": format_int(totals.get(k))} for k in shown]
     check = None
     if all(isinstance(totals.get(k), Real) for k in keys):
         rows_in = totals["rows_in"]
@@ -415,6 +417,11 @@ def _quality(quality: Mapping[str, Any]) -> dict[str, Any] | None:
                 f"Counts conserved: {format_int(rows_in)} rows in = {format_int(totals['accepted'])} accepted"
                 f" + {format_int(totals['quarantined'])} quarantined"
                 f" + {format_int(totals['duplicates_dropped'])} duplicates dropped; {accepted_share} accepted."
+                + (
+                    f" {format_int(totals['imputed'])} bars imputed to fill short gaps (each value audited)."
+                    if totals.get("imputed")
+                    else ""
+                )
                 if conserved
                 else f"Counts NOT conserved: {format_int(rows_in)} rows in, {format_int(out)} accounted for."
             ),
@@ -431,6 +438,7 @@ def _quality(quality: Mapping[str, Any]) -> dict[str, Any] | None:
         rules.append(
             {
                 "rule": str(r.get("rule", MISSING)),
+                "policy": str(r.get("policy") or MISSING),
                 "symbol": str(r.get("symbol") or MISSING),
                 "count": format_int(r.get("count")),
                 "example": example,

@@ -26,9 +26,11 @@ app = typer.Typer(
 server_app = typer.Typer(no_args_is_help=True, help="The local Temporal dev server.")
 pipeline_app = typer.Typer(no_args_is_help=True, help="Research pipeline runs.")
 config_app = typer.Typer(no_args_is_help=True, help="Job-file schemas.")
+data_app = typer.Typer(no_args_is_help=True, help="Market data in the lake.")
 app.add_typer(server_app, name="server")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 STATE_DIR = Path(os.environ.get("QUANTO_HOME", ".quanto"))
@@ -165,13 +167,13 @@ def worker(
 
 
 async def _run_pipeline(
-    cfg: PipelineConfig, source: str, wait: bool, echo: bool, alive: Any = None
+    cfg: PipelineConfig, source: str, wait: bool, echo: bool, alive: Any = None, until: str | None = None
 ) -> tuple[dict, int]:
     from quanto.starter.client import connect, ui_link
     from quanto.starter.pipeline import WorkflowFailureError, follow, result_json, start_pipeline
 
     client = await connect()
-    handle = await start_pipeline(client, cfg, source)
+    handle = await start_pipeline(client, cfg, source, until=until)
     if echo:
         print(f"pipeline {handle.id}\n  Web UI: {ui_link(handle.id, handle.result_run_id)}", file=sys.stderr)
     if not wait:
@@ -189,7 +191,14 @@ async def _run_pipeline(
             "error": message,
             "ui_url": ui_link(handle.id),
         }, 1
-    return result_json(result, handle.result_run_id), 0
+    out = result_json(result, handle.result_run_id)
+    if until == "validate":
+        validate = result.results["validate"]
+        lake = Path(cfg.lake_root).expanduser().resolve()
+        out["counters"] = validate.counters
+        out["quality"] = validate.summary.get("by_rule", [])
+        out["files"] = {f.role: str(lake / f.path) for f in validate.outputs if f.role != "bars"}
+    return out, 0
 
 
 def _print_result(out: dict, as_json: bool) -> None:
@@ -281,6 +290,35 @@ def pipeline_ls(limit: int = 20, as_json: JsonFlag = False) -> None:
         f"{r['workflow_id']:<40} {r['status']:<12} {r['started_at']:%Y-%m-%d %H:%M:%S}" for r in rows
     )
     _emit(as_json, {"pipelines": rows}, text or "no pipeline runs yet")
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+@data_app.command("validate")
+def data_validate(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Pipeline job file (YAML).")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Ingest and validate the job's universe (workflow validate-<name>-<hash8>); print the quality report."""
+    cfg = _load_pipeline(config, as_json)
+    out, code = asyncio.run(_run_pipeline(cfg, str(config), wait=True, echo=not as_json, until="validate"))
+    if as_json or code:
+        _print_result(out, as_json)
+        raise typer.Exit(code)
+    c = out["counters"]
+    lines = [
+        f"workflow {out['workflow_id']}: {out['status']}",
+        f"  rows in {c['rows_in']:,} = accepted {c['accepted']:,} + quarantined {c['quarantined']:,}"
+        f" + exact duplicates {c['duplicates_dropped']:,};  imputed {c.get('imputed', 0):,},"
+        f" flagged {c.get('flagged', 0):,}",
+    ]
+    for q in out["quality"]:
+        lines.append(
+            f"  {q['symbol']:<8} {q['rule']:<20} {q.get('policy', ''):<10} {q['count']:>8,}  {q['example'][:70]}"
+        )
+    lines += [f"  {role}: {path}" for role, path in out["files"].items()]
+    print("\n".join(lines))
 
 
 # --- config -------------------------------------------------------------------------------------------

@@ -24,19 +24,22 @@ from quanto.starter.client import ui_link
 from quanto.workflows import search
 
 
-def request_for(cfg: PipelineConfig, source: str) -> PipelineRequest:
+def request_for(cfg: PipelineConfig, source: str, until: str | None = None) -> PipelineRequest:
     """The workflow input: the validated config as JSON with the lake root made absolute."""
     config = cfg.model_dump(mode="json")
     config["lake_root"] = str(Path(cfg.lake_root).expanduser().resolve())
-    return PipelineRequest(config=config, config_source=source, config_name=cfg.name)
+    return PipelineRequest(config=config, config_source=source, config_name=cfg.name, until=until)
 
 
-async def start_pipeline(client: Client, cfg: PipelineConfig, source: str):
-    """Start (or attach to a running) pipeline workflow under its business-key ID."""
+async def start_pipeline(client: Client, cfg: PipelineConfig, source: str, until: str | None = None):
+    """Start (or attach to a running) pipeline workflow under its business-key ID.
+
+    With `until="validate"` only ingest and validate run, under the id validate-<name>-<hash8>.
+    """
     return await client.start_workflow(
         "ResearchPipelineWorkflow",
-        request_for(cfg, source),
-        id=cfg.workflow_id(),
+        request_for(cfg, source, until),
+        id=cfg.workflow_id("validate" if until == "validate" else "pipeline"),
         task_queue=QUEUE_CONTROL,
         result_type=PipelineResult,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

@@ -41,13 +41,50 @@ def replace_quality(
     conn.execute("DELETE FROM data_quality WHERE stage_key = %s", (stage_key,))
     with conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO data_quality (stage_key, workflow_id, dataset, symbol, rule, count, example)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            "INSERT INTO data_quality (stage_key, workflow_id, dataset, symbol, rule, policy, count, example)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
             [
-                (stage_key, workflow_id, r["dataset"], r["symbol"], r["rule"], r["count"], r.get("example"))
+                (
+                    stage_key,
+                    workflow_id,
+                    r["dataset"],
+                    r["symbol"],
+                    r["rule"],
+                    r.get("policy", "quarantine"),
+                    r["count"],
+                    r.get("example"),
+                )
                 for r in rows
             ],
         )
+
+
+def replace_imputation_audit(
+    conn: psycopg.Connection, stage_key: str, run_id: str, dataset: str, audit
+) -> int:
+    """Store one row per imputed value (replacing earlier rows of the same stage key); COPY for speed.
+
+    `audit` is a polars frame with columns symbol, ts, column, old, new, method, rule.
+    """
+    conn.execute("DELETE FROM imputation_audit WHERE stage_key = %s", (stage_key,))
+    columns = "stage_key, run_id, dataset, symbol, ts, column_name, old_value, new_value, method, rule"
+    with conn.cursor() as cur, cur.copy(f"COPY imputation_audit ({columns}) FROM STDIN") as copy:
+        for r in audit.iter_rows(named=True):
+            copy.write_row(
+                (
+                    stage_key,
+                    run_id,
+                    dataset,
+                    r["symbol"],
+                    r["ts"],
+                    r["column"],
+                    r["old"],
+                    r["new"],
+                    r["method"],
+                    r["rule"],
+                )
+            )
+    return audit.height
 
 
 def upsert_model(conn: psycopg.Connection, row: dict[str, Any]) -> None:

@@ -60,7 +60,7 @@ class ValidationOutcome:
     def quality(self, policies: dict[str, str]) -> list[dict]:
         """Counts per (symbol, rule) with a few examples, for quarantined rows and flags."""
         rows: list[dict] = []
-        for frame in (self.quarantined, self.flags):
+        for frame, default in ((self.quarantined, "quarantine"), (self.flags, "warn")):
             if frame.height == 0:
                 continue
             grouped = (
@@ -81,7 +81,7 @@ class ValidationOutcome:
                     {
                         "symbol": r["symbol"],
                         "rule": r["rule"],
-                        "policy": policies.get(r["rule"], "warn"),
+                        "policy": policies.get(r["rule"], default),
                         "count": int(r["count"]),
                         "example": example,
                     }
@@ -114,7 +114,7 @@ def run_checks(df: pl.DataFrame, checks: list[Check], source: str) -> Validation
             continue
         hit = masks[f"__{i}"]
         if hit.any():
-            bad = df.filter(hit).head(EXAMPLES_PER_RULE).with_columns(c.reason.alias("__why"))
+            bad = df.filter(hit).head(EXAMPLES_PER_RULE).rechunk().with_columns(c.reason.alias("__why"))
             examples = "; ".join(
                 f"{r['symbol']} {_fmt_ts(r['ts'])}: {r['__why']}" for r in bad.iter_rows(named=True)
             )
@@ -131,13 +131,15 @@ def run_checks(df: pl.DataFrame, checks: list[Check], source: str) -> Validation
     tagged = pl.concat([df, masks], how="horizontal")
     any_q = pl.any_horizontal([pl.col(f"__{i}") for i, _ in quarantine]) if quarantine else pl.lit(False)
     tagged = tagged.with_columns(__q=any_q)
-    bad = tagged.filter(pl.col("__q"))
+    # Reasons are computed on filtered rows; rechunk first: polars 2.1 panics in pl.format/str ops on a
+    # column whose chunks include an empty one (e.g. a shift() helper column after a filter).
+    bad = tagged.filter(pl.col("__q")).rechunk()
     quarantined = bad.with_columns(rule=rule_expr, reason=reason_expr).select([*df.columns, "rule", "reason"])
     kept = tagged.filter(~pl.col("__q"))
     flag_parts = [
-        kept.filter(pl.col(f"__{i}")).select(
-            "symbol", "ts", pl.lit(c.rule).alias("rule"), c.reason.cast(pl.String).alias("reason")
-        )
+        kept.filter(pl.col(f"__{i}"))
+        .rechunk()
+        .select("symbol", "ts", pl.lit(c.rule).alias("rule"), c.reason.cast(pl.String).alias("reason"))
         for i, c in enumerate(checks)
         if c.policy == "warn"
     ]

@@ -51,6 +51,8 @@ class ResearchPipelineWorkflow:
         info = workflow.info()
         results: dict[str, StageResult] = {}
         for spec, status in zip(PIPELINE_STAGES, self._stages, strict=True):
+            if req.until and req.until in results:
+                break  # the caller asked for the stages up to `until` only
             workflow.upsert_search_attributes([search.STAGE.value_set(spec.name)])
             status.status = "running"
             started = workflow.now()
@@ -86,15 +88,15 @@ class ResearchPipelineWorkflow:
             status.seconds = (workflow.now() - started).total_seconds()
             results[spec.name] = result
         workflow.upsert_search_attributes([search.STAGE.value_set("done")])
-        report = {f.role: f.path for f in results["report"].outputs}
+        report = {f.role: f.path for f in results["report"].outputs} if "report" in results else {}
         lake = req.config["lake_root"].rstrip("/")
         out = PipelineResult(
             workflow_id=info.workflow_id,
             status="completed",
             report_html=f"{lake}/{report['report_html']}" if "report_html" in report else None,
             report_pdf=f"{lake}/{report['report_pdf']}" if "report_pdf" in report else None,
-            metrics=results["backtest"].summary.get("metrics", {}),
-            stages=self._stages,
+            metrics=results["backtest"].summary.get("metrics", {}) if "backtest" in results else {},
+            stages=[s for s in self._stages if s.name in results],
             results=results,
         )
         await self._record(req, "completed", out.metrics, out.report_html, out.report_pdf)
