@@ -136,10 +136,6 @@ def test_polars_schema_maps_arrow_types():
             r"quotes: column 'ts' expected timestamp\[ns, tz=UTC\], found .*UTC-aware",
         ),
         (
-            lambda d: d.with_columns(pl.col("ts").dt.convert_time_zone("America/New_York")),
-            r"column 'ts' .* must be UTC, found time zone America/New_York",
-        ),
-        (
             lambda d: d.with_columns(symbol=pl.lit(None, pl.String)),
             r"quotes: column 'symbol' \(string\) is not nullable but has 2 null\(s\)",
         ),
@@ -225,3 +221,20 @@ def test_conform_reports_lossy_integer_casts():
     assert out.schema == polars_schema(OPTION_BAR_SCHEMA)
     with pytest.raises(SchemaError, match="options: column .trades. expected Int64, found non-integral"):
         conform(bars.to_pandas().assign(trades=[1.5]), OPTION_BAR_SCHEMA, "options")
+
+
+def test_conform_normalizes_any_time_zone_to_utc():
+    frame = pl.DataFrame(
+        {
+            "symbol": ["A"],
+            "ts": [dt.datetime(2024, 3, 8, 9, 30)],
+            "bid_px": [1.0],
+            "bid_sz": [1.0],
+            "ask_px": [1.1],
+            "ask_sz": [2.0],
+            "vendor": ["v"],
+        }  # fmt: skip
+    ).with_columns(pl.col("ts").dt.replace_time_zone("America/New_York"))
+    out = conform(frame, QUOTE_SCHEMA, "quotes")
+    assert out["ts"].dtype == pl.Datetime("ns", "UTC")
+    assert out["ts"][0] == dt.datetime(2024, 3, 8, 14, 30, tzinfo=dt.UTC)

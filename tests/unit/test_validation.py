@@ -358,15 +358,17 @@ def test_schema_mismatch_names_source_column_and_types():
 
 
 @pytest.mark.parametrize("as_polars", [False, True])
-def test_ts_must_be_utc(as_polars):
-    new_york = bars(3)
+def test_ts_is_normalized_to_utc_and_naive_ts_is_refused(as_polars):
+    utc = bars(3)
+    new_york = utc.copy()
     new_york["ts"] = new_york["ts"].dt.tz_convert("America/New_York")
-    naive = bars(3)
+    out = validate_bars(pl.from_pandas(new_york) if as_polars else new_york, BarRules(), source="s")
+    assert out.accepted["ts"].dtype == pl.Datetime("ns", "UTC")
+    assert out.accepted["ts"].to_list() == [t.to_pydatetime() for t in utc["ts"]]  # same instants
+    naive = utc.copy()
     naive["ts"] = naive["ts"].dt.tz_localize(None)
-    for df, zone in ((new_york, "America/New_York"), (naive, "UTC-aware")):
-        frame = pl.from_pandas(df) if as_polars else df
-        with pytest.raises(SchemaMismatch, match=rf"column 'ts' expected timestamp.*{zone}"):
-            validate_bars(frame, BarRules(), source="s")
+    with pytest.raises(SchemaMismatch, match=r"column 'ts' expected timestamp.*UTC-aware"):
+        validate_bars(pl.from_pandas(naive) if as_polars else naive, BarRules(), source="s")
 
 
 def test_missing_keys_are_a_schema_mismatch_missing_prices_are_quarantined():

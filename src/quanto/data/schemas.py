@@ -192,9 +192,7 @@ def _polars_type_ok(dtype: pl.DataType, expected: pa.DataType) -> str | None:
             return ""
         if dtype.time_zone is None:  # naive: refuse rather than guess the zone
             return " (timestamps must be UTC-aware, found no time zone)"
-        if dtype.time_zone != "UTC":
-            return f" (timestamps must be UTC, found time zone {dtype.time_zone})"
-        return None
+        return None  # any zone is an exact instant: conform() normalizes it to UTC
     if pa.types.is_date32(expected):
         return None if dtype == pl.Date else ""
     if pa.types.is_floating(expected):
@@ -218,7 +216,7 @@ def _pandas_type_ok(col: pd.Series, expected: pa.DataType) -> str | None:
     if pa.types.is_timestamp(expected):
         if not isinstance(dtype, pd.DatetimeTZDtype):
             return " (timestamps must be UTC-aware)" if pd.api.types.is_datetime64_dtype(dtype) else ""
-        return None if str(dtype.tz) == "UTC" else f" (timestamps must be UTC, found time zone {dtype.tz})"
+        return None  # any zone is an exact instant: conform() normalizes it to UTC
     if pa.types.is_date32(expected):
         # pandas has no date dtype: accept naive datetime64 (midnight) or objects that are all dates.
         if pd.api.types.is_datetime64_dtype(dtype) and not isinstance(dtype, pd.DatetimeTZDtype):
@@ -297,6 +295,8 @@ def conform(df: pl.DataFrame | pd.DataFrame, schema: pa.Schema, source: str) -> 
         col = frame[name]
         if dtype == pl.Date and isinstance(col.dtype, pl.Datetime):
             col = col.dt.date()  # pandas dates arrive as naive datetime64
+        if isinstance(dtype, pl.Datetime) and isinstance(col.dtype, pl.Datetime) and col.dtype.time_zone:
+            col = col.dt.convert_time_zone("UTC")  # normalize: same instants, UTC labels
         if dtype.is_integer() and col.dtype.is_float():
             # pandas turns int columns with missing values into float; take them back only if whole.
             values = col.drop_nulls()
