@@ -157,3 +157,38 @@ def test_server_that_cannot_start_is_a_clear_error(project):
     assert res.returncode == 1
     assert "temporal server on" in res.stderr and "temporal-server.log" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_features_ls_lists_the_registry_with_families(tmp_path):
+    res = quanto("features", "ls", "--json", cwd=tmp_path, env={})
+    assert res.returncode == 0
+    rows = json.loads(res.stdout)["features"]
+    assert {"name", "family", "params", "lookback", "version", "description"} <= set(rows[0])
+    families = {r["family"] for r in rows}
+    assert {"technical", "statistical", "alpha158", "talib", "risk"} <= families
+    only = json.loads(quanto("features", "ls", "--family", "alpha158", "--json", cwd=tmp_path, env={}).stdout)
+    assert len(only["features"]) == 158
+    bad = quanto("features", "ls", "--family", "astrology", cwd=tmp_path, env={})
+    assert bad.returncode == 2 and "unknown family" in bad.stderr
+
+
+def test_check_lookahead_passes_clean_features_and_catches_a_leaky_user_feature(tmp_path):
+    (tmp_path / "my_features.py").write_text(
+        "from quanto.features.spec import register\n\n"
+        "@register('peek_next_close', family='user', inputs=('close',), lookback=0,\n"
+        "          description='tomorrow close over today: uses the future')\n"
+        "def peek(bars):\n"
+        "    return (bars['close'].shift(-1) / bars['close']).to_numpy()\n"
+    )
+    env = {"QUANTO_FEATURE_MODULES": "my_features", "PYTHONPATH": str(tmp_path)}
+    ok = quanto("features", "check-lookahead", "rsi_14", "talib:BBANDS(timeperiod=30).upperband", "--json",
+                cwd=tmp_path, env=env)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["passed"] is True
+    leaky = quanto(
+        "features", "check-lookahead", "rsi_14", "peek_next_close", "--json", cwd=tmp_path, env=env
+    )
+    assert leaky.returncode == 1
+    out = json.loads(leaky.stdout)
+    assert out["passed"] is False
+    assert {r["name"]: r["ok"] for r in out["features"]} == {"rsi_14": True, "peek_next_close": False}

@@ -77,3 +77,18 @@ def test_search_attributes_match_the_deploy_file():
     lines = (REPO / "temporal-config/search-attributes.env").read_text().splitlines()
     declared = dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
     assert declared == SEARCH_ATTRIBUTES
+
+
+@pytest.mark.parametrize(
+    "label, objective, ok",
+    [("forward_return", "regression", True), ("forward_return", "classification", False),
+     ("direction", "classification", True), ("triple_barrier", "classification", True),
+     ("triple_barrier", "regression", False)],
+)  # fmt: skip
+def test_label_kind_and_model_objective_must_fit(label, objective, ok):
+    data = {**BASE, "label": {"kind": label}, "model": {"objective": objective}}
+    if ok:
+        parse_config(PipelineConfig, data, "job.yaml")
+    else:
+        with pytest.raises(ConfigError, match=f"does not fit label.kind '{label}'"):
+            parse_config(PipelineConfig, data, "job.yaml")

@@ -159,11 +159,22 @@ class FeaturesConfig(Strict):
 
 
 class LabelConfig(Strict):
-    """Forward log return over `horizon` bars, or its direction with threshold `threshold`."""
+    """The training target; every label carries its end time t1, which walk-forward purging uses.
 
-    kind: Literal["forward_return", "direction"] = "forward_return"
-    horizon: int = Field(5, ge=1, le=10_000, description="bars ahead")
+    forward_return: log return over `horizon` bars. direction: 1 when that return exceeds `threshold`.
+    triple_barrier: 1 when the close first touches the profit-take barrier (close * exp(pt_mult * vol))
+    before the stop (sl_mult) or the vertical barrier `horizon` bars ahead; vol is the rolling std of
+    1-bar log returns over `vol_window`; t1 is the first touch.
+    """
+
+    kind: Literal["forward_return", "direction", "triple_barrier"] = "forward_return"
+    horizon: int = Field(
+        5, ge=1, le=10_000, description="bars ahead (the vertical barrier for triple_barrier)"
+    )
     threshold: float = Field(0.0, ge=0, description="direction = 1 when the forward return exceeds it")
+    pt_mult: float = Field(2.0, gt=0, description="triple_barrier: profit-take in volatility units")
+    sl_mult: float = Field(2.0, gt=0, description="triple_barrier: stop-loss in volatility units")
+    vol_window: int = Field(20, ge=2, description="triple_barrier: bars of the volatility estimate")
 
 
 class ModelConfig(Strict):
@@ -244,6 +255,16 @@ class PipelineConfig(Strict):
     backtest: BacktestConfig = BacktestConfig()
     report: ReportConfig = ReportConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _label_fits_model(self) -> PipelineConfig:
+        wants = "regression" if self.label.kind == "forward_return" else "classification"
+        if self.model.objective != wants:
+            raise ValueError(
+                f"model.objective {self.model.objective!r} does not fit label.kind {self.label.kind!r};"
+                f" use objective: {wants}"
+            )
+        return self
 
     def research_hash(self) -> str:
         """SHA-256 of everything that changes results (runtime timing and lake location excluded)."""

@@ -203,7 +203,7 @@ def _polars_type_ok(dtype: pl.DataType, expected: pa.DataType) -> str | None:
         return None if dtype == pl.Boolean else ""
     if pa.types.is_string(expected):
         return None if isinstance(dtype, pl.String | pl.Categorical | pl.Enum) else ""
-    raise NotImplementedError(f"no column check for arrow type {expected}")
+    raise TypeError(f"schema uses arrow type {expected}, which the column check does not know")
 
 
 def _pandas_type_ok(col: pd.Series, expected: pa.DataType) -> str | None:
@@ -238,7 +238,7 @@ def _pandas_type_ok(col: pd.Series, expected: pa.DataType) -> str | None:
         ):
             return None
         return ""
-    raise NotImplementedError(f"no column check for arrow type {expected}")
+    raise TypeError(f"schema uses arrow type {expected}, which the column check does not know")
 
 
 def check_columns(df: pl.DataFrame | pd.DataFrame, schema: pa.Schema, source: str) -> None:

@@ -6,14 +6,21 @@ Importing this module imports every feature family, so `REGISTRY` is complete on
 from __future__ import annotations
 
 import difflib
+import importlib
+import os
 from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
 
 # Family modules register themselves on import; they depend on `spec`, never on this module.
-from quanto.features import statistical, technical
+from quanto.features import alpha158, risk, statistical, talib_catalog, technical  # noqa: F401
 from quanto.features.spec import REGISTRY, FeatureSpec, register
+
+# User-defined features: modules named in QUANTO_FEATURE_MODULES (comma-separated, importable) register
+# themselves with `register` on import, in the CLI and in every worker alike.
+for _module in filter(None, (m.strip() for m in os.environ.get("QUANTO_FEATURE_MODULES", "").split(","))):
+    importlib.import_module(_module)
 
 __all__ = [
     "DEFAULT_FEATURES",
@@ -28,9 +35,82 @@ __all__ = [
 ]
 
 DEFAULT_NAME = "default"
-DEFAULT_FAMILIES = (technical.FAMILY, statistical.FAMILY)
-DEFAULT_FEATURES: tuple[str, ...] = tuple(
-    name for family in DEFAULT_FAMILIES for name, spec in REGISTRY.items() if spec.family == family
+# The curated default set: scale-free technical features plus a few statistical ones, listed
+# explicitly so that families added later (alpha158, risk, the raw TA-Lib catalog, ...) never join
+# it by accident and every model trained on `default` keeps the columns it was trained on.
+DEFAULT_FEATURES: tuple[str, ...] = (
+    # trend: distance from moving averages and regression lines
+    "sma_ratio_5",
+    "sma_ratio_10",
+    "sma_ratio_20",
+    "sma_ratio_50",
+    "sma_ratio_100",
+    "sma_ratio_200",
+    "ema_ratio_5",
+    "ema_ratio_10",
+    "ema_ratio_12",
+    "ema_ratio_20",
+    "ema_ratio_26",
+    "ema_ratio_50",
+    "ema_ratio_100",
+    "ema_ratio_200",
+    "kama_ratio_10",
+    "ht_trendline_ratio",
+    "tsf_ratio_14",
+    "linreg_slope_14",
+    "linreg_slope_50",
+    "sar_dist",
+    "macd_12_26_9",
+    "macd_signal_12_26_9",
+    "macd_hist_12_26_9",
+    "ppo_12_26",
+    "trix_15",
+    "adx_14",
+    "adxr_14",
+    "plus_di_14",
+    "minus_di_14",
+    "aroon_up_14",
+    "aroon_down_14",
+    "aroon_osc_14",
+    "ht_dcperiod",
+    # momentum oscillators
+    "rsi_7",
+    "rsi_14",
+    "rsi_21",
+    "stoch_k_14",
+    "stoch_d_14",
+    "stochrsi_k_14",
+    "stochrsi_d_14",
+    "cci_14",
+    "cci_20",
+    "cmo_14",
+    "mom_ratio_10",
+    "roc_5",
+    "roc_10",
+    "roc_20",
+    "willr_14",
+    "ultosc_7_14_28",
+    "bop",
+    # volatility
+    "bb_width_20",
+    "bb_pctb_20",
+    "bb_width_50",
+    "bb_pctb_50",
+    "natr_14",
+    "natr_28",
+    # volume
+    "mfi_14",
+    "obv_z_20",
+    "obv_z_60",
+    "volume_z_20",
+    "volume_z_60",
+    "vwap_dist",
+    # statistical
+    "logret_1",
+    "logret_5",
+    "logret_20",
+    "vol_20",
+    "vol_60",
 )
 _KEY = ["symbol", "ts"]
 
@@ -46,9 +126,14 @@ def _unknown(name: str) -> ValueError:
 
 
 def expand_names(names: Iterable[str]) -> list[str]:
-    """Expand `default` into DEFAULT_FEATURES, keep first-seen order, drop repeats.
+    """Expand `default` and TA-Lib call strings into feature names; keep first-seen order, drop repeats.
 
-    Raises ValueError("unknown feature 'x'; known: ...") listing close matches for an unknown name.
+    `default` becomes DEFAULT_FEATURES. A call string such as `talib:RSI(timeperiod=21)` or
+    `talib:BBANDS(timeperiod=30,nbdevup=2.5).upperband` is registered on the fly and replaced by
+    its canonical name (`talib_rsi_timeperiod21`); that canonical name is itself accepted here, in
+    any process, and re-creates the feature when this process has not seen it yet (see
+    `talib_catalog`). Raises ValueError("unknown feature 'x'; known: ...") listing close matches for
+    an unknown name, and ValueError naming the problem for a bad call string.
     """
     out: dict[str, None] = {}  # an ordered set
     for name in names:
@@ -56,6 +141,10 @@ def expand_names(names: Iterable[str]) -> list[str]:
             out.update(dict.fromkeys(DEFAULT_FEATURES))
         elif name in REGISTRY:
             out[name] = None
+        elif name.startswith(talib_catalog.PREFIX):
+            out[talib_catalog.resolve_call(name)] = None
+        elif (canonical := talib_catalog.resolve_name(name)) is not None:
+            out[canonical] = None
         else:
             raise _unknown(name)
     return list(out)

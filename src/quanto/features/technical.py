@@ -1,8 +1,10 @@
 """Technical indicators computed by TA-Lib, expressed scale-free so they compare across symbols.
 
-Price-level outputs (moving averages, MACD, ATR) are divided by close; bounded oscillators (RSI,
-stochastics, ADX, ...) keep TA-Lib's own units. Every indicator value comes from TA-Lib itself; the
-only arithmetic here is the normalization and rolling z-scores of unbounded series (volume, OBV).
+Price-level outputs (moving averages, MACD, ATR, SAR, regression slopes) are divided by close;
+bounded oscillators (RSI, stochastics, ADX, ...) keep TA-Lib's own units. Every indicator value comes
+from TA-Lib itself; the only arithmetic here is the normalization and rolling z-scores of unbounded
+series (volume, OBV). So a symbol at price 1000 gets the same values as one at price 10 with the
+same returns, and features compare across symbols. The raw, unnormalized catalog is `talib_catalog`.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def _ema_ratio(bars: pd.DataFrame, timeperiod: int) -> np.ndarray:
     return _div(close, talib.EMA(close, timeperiod=timeperiod)) - 1.0
 
 
-for _n in (5, 10, 20, 50, 200):
+for _n in (5, 10, 20, 50, 100, 200):
     register(
         f"sma_ratio_{_n}",
         family=FAMILY,
@@ -67,7 +69,7 @@ for _n in (5, 10, 20, 50, 200):
         description=f"close / SMA({_n}) - 1",
     )(_sma_ratio)
 
-for _n in (12, 26):
+for _n in (5, 10, 12, 20, 26, 50, 100, 200):
     register(
         f"ema_ratio_{_n}",
         family=FAMILY,
@@ -76,6 +78,80 @@ for _n in (12, 26):
         params={"timeperiod": _n},
         description=f"close / EMA({_n}) - 1",
     )(_ema_ratio)
+
+
+@register(
+    "kama_ratio_10",
+    family=FAMILY,
+    inputs=_PRICE,
+    lookback=10,
+    params={"timeperiod": 10},
+    description="close / KAMA(10) - 1 (Kaufman adaptive moving average)",
+)
+def _kama_ratio(bars: pd.DataFrame, timeperiod: int) -> np.ndarray:
+    """close / KAMA - 1."""
+    close = _arr(bars, "close")
+    return _div(close, talib.KAMA(close, timeperiod=timeperiod)) - 1.0
+
+
+@register(
+    "ht_trendline_ratio",
+    family=FAMILY,
+    inputs=_PRICE,
+    lookback=63,
+    description="close / Hilbert-transform instantaneous trendline - 1",
+)
+def _ht_trendline_ratio(bars: pd.DataFrame) -> np.ndarray:
+    """close / HT_TRENDLINE - 1."""
+    close = _arr(bars, "close")
+    return _div(close, talib.HT_TRENDLINE(close)) - 1.0
+
+
+@register(
+    "tsf_ratio_14",
+    family=FAMILY,
+    inputs=_PRICE,
+    lookback=13,
+    params={"timeperiod": 14},
+    description="close / time-series forecast(14) - 1 (distance from the regression line's next value)",
+)
+def _tsf_ratio(bars: pd.DataFrame, timeperiod: int) -> np.ndarray:
+    """close / TSF - 1."""
+    close = _arr(bars, "close")
+    return _div(close, talib.TSF(close, timeperiod=timeperiod)) - 1.0
+
+
+def _linreg_slope(bars: pd.DataFrame, timeperiod: int) -> np.ndarray:
+    """Least-squares slope of close over the window (price per bar) divided by close."""
+    close = _arr(bars, "close")
+    return _div(talib.LINEARREG_SLOPE(close, timeperiod=timeperiod), close)
+
+
+for _n in (14, 50):
+    register(
+        f"linreg_slope_{_n}",
+        family=FAMILY,
+        inputs=_PRICE,
+        lookback=_n - 1,
+        params={"timeperiod": _n},
+        description=f"linear-regression slope over {_n} bars / close (fractional drift per bar)",
+    )(_linreg_slope)
+
+
+@register(
+    "sar_dist",
+    family=FAMILY,
+    inputs=_HLC,
+    lookback=1,
+    params={"acceleration": 0.02, "maximum": 0.2},
+    description="(close - parabolic SAR(0.02, 0.2)) / close: signed distance from the stop",
+)
+def _sar_dist(bars: pd.DataFrame, acceleration: float, maximum: float) -> np.ndarray:
+    """(close - SAR) / close; SAR itself reads high and low only."""
+    close = _arr(bars, "close")
+    sar = talib.SAR(_arr(bars, "high"), _arr(bars, "low"), acceleration=acceleration, maximum=maximum)
+    return _div(close - sar, close)
+
 
 _MACD = {"fastperiod": 12, "slowperiod": 26, "signalperiod": 9}
 
@@ -98,6 +174,32 @@ for _suffix, _part, _what in (("", 0, "line"), ("_signal", 1, "signal"), ("_hist
 
 
 @register(
+    "ppo_12_26",
+    family=FAMILY,
+    inputs=_PRICE,
+    lookback=25,
+    params={"fastperiod": 12, "slowperiod": 26, "matype": 1},
+    description="percentage price oscillator(12, 26) on EMAs, in percent",
+)
+def _ppo(bars: pd.DataFrame, fastperiod: int, slowperiod: int, matype: int) -> np.ndarray:
+    """TA-Lib PPO (the MACD line as a percentage of the slow average)."""
+    return talib.PPO(_arr(bars, "close"), fastperiod=fastperiod, slowperiod=slowperiod, matype=matype)
+
+
+@register(
+    "trix_15",
+    family=FAMILY,
+    inputs=_PRICE,
+    lookback=43,
+    params={"timeperiod": 15},
+    description="TRIX(15): 1-bar rate of change of a triple EMA, in percent",
+)
+def _trix(bars: pd.DataFrame, timeperiod: int) -> np.ndarray:
+    """TA-Lib TRIX."""
+    return talib.TRIX(_arr(bars, "close"), timeperiod=timeperiod)
+
+
+@register(
     "adx_14",
     family=FAMILY,
     inputs=_HLC,
@@ -108,6 +210,19 @@ for _suffix, _part, _what in (("", 0, "line"), ("_signal", 1, "signal"), ("_hist
 def _adx(bars: pd.DataFrame, timeperiod: int) -> np.ndarray:
     """TA-Lib ADX."""
     return talib.ADX(_arr(bars, "high"), _arr(bars, "low"), _arr(bars, "close"), timeperiod=timeperiod)
+
+
+@register(
+    "adxr_14",
+    family=FAMILY,
+    inputs=_HLC,
+    lookback=40,
+    params={"timeperiod": 14},
+    description="ADXR(14): ADX averaged with its value 13 bars ago, 0..100",
+)
+def _adxr(bars: pd.DataFrame, timeperiod: int) -> np.ndarray:
+    """TA-Lib ADXR."""
+    return talib.ADXR(_arr(bars, "high"), _arr(bars, "low"), _arr(bars, "close"), timeperiod=timeperiod)
 
 
 @register(
@@ -149,20 +264,78 @@ def _aroon_osc(bars: pd.DataFrame, timeperiod: int) -> np.ndarray:
     return talib.AROONOSC(_arr(bars, "high"), _arr(bars, "low"), timeperiod=timeperiod)
 
 
-# --- momentum oscillators -------------------------------------------------------------------------
+def _aroon(bars: pd.DataFrame, part: int, timeperiod: int) -> np.ndarray:
+    """One Aroon output: 0 down, 1 up."""
+    return talib.AROON(_arr(bars, "high"), _arr(bars, "low"), timeperiod=timeperiod)[part]
+
+
+for _name, _part, _what in (("aroon_down_14", 0, "down"), ("aroon_up_14", 1, "up")):
+    register(
+        _name,
+        family=FAMILY,
+        inputs=("high", "low"),
+        lookback=14,
+        params={"part": _part, "timeperiod": 14},
+        description=f"Aroon {_what}(14): recency of the 14-bar extreme, 0..100",
+    )(_aroon)
 
 
 @register(
-    "rsi_14",
+    "ht_dcperiod",
+    family=FAMILY,
+    inputs=_PRICE,
+    lookback=32,
+    description="Hilbert-transform dominant cycle period, in bars",
+)
+def _ht_dcperiod(bars: pd.DataFrame) -> np.ndarray:
+    """TA-Lib HT_DCPERIOD."""
+    return talib.HT_DCPERIOD(_arr(bars, "close"))
+
+
+# --- momentum oscillators -------------------------------------------------------------------------
+
+
+def _rsi(bars: pd.DataFrame, timeperiod: int) -> np.ndarray:
+    """TA-Lib RSI."""
+    return talib.RSI(_arr(bars, "close"), timeperiod=timeperiod)
+
+
+for _n in (7, 14, 21):
+    register(
+        f"rsi_{_n}",
+        family=FAMILY,
+        inputs=_PRICE,
+        lookback=_n,
+        params={"timeperiod": _n},
+        description=f"RSI({_n}), 0..100",
+    )(_rsi)
+
+
+@register(
+    "cmo_14",
     family=FAMILY,
     inputs=_PRICE,
     lookback=14,
     params={"timeperiod": 14},
-    description="RSI(14), 0..100",
+    description="Chande momentum oscillator(14), -100..100",
 )
-def _rsi(bars: pd.DataFrame, timeperiod: int) -> np.ndarray:
-    """TA-Lib RSI."""
-    return talib.RSI(_arr(bars, "close"), timeperiod=timeperiod)
+def _cmo(bars: pd.DataFrame, timeperiod: int) -> np.ndarray:
+    """TA-Lib CMO."""
+    return talib.CMO(_arr(bars, "close"), timeperiod=timeperiod)
+
+
+@register(
+    "mom_ratio_10",
+    family=FAMILY,
+    inputs=_PRICE,
+    lookback=10,
+    params={"timeperiod": 10},
+    description="momentum(10) / close: (close - close 10 bars ago) / close",
+)
+def _mom_ratio(bars: pd.DataFrame, timeperiod: int) -> np.ndarray:
+    """TA-Lib MOM divided by close."""
+    close = _arr(bars, "close")
+    return _div(talib.MOM(close, timeperiod=timeperiod), close)
 
 
 _STOCH = {"fastk_period": 14, "slowk_period": 3, "slowk_matype": 0, "slowd_period": 3, "slowd_matype": 0}
@@ -185,30 +358,55 @@ for _name, _part, _what in (("stoch_k_14", 0, "%K"), ("stoch_d_14", 1, "%D")):
     )(_stoch)
 
 
-@register(
-    "cci_20",
-    family=FAMILY,
-    inputs=_HLC,
-    lookback=19,
-    params={"timeperiod": 20},
-    description="commodity channel index(20)",
-)
+_STOCHRSI = {"timeperiod": 14, "fastk_period": 5, "fastd_period": 3, "fastd_matype": 0}
+
+
+def _stochrsi(bars: pd.DataFrame, part: int, **stochrsi_params: int) -> np.ndarray:
+    """One stochastic-RSI output: 0 fast %K, 1 fast %D."""
+    return talib.STOCHRSI(_arr(bars, "close"), **stochrsi_params)[part]
+
+
+for _name, _part, _what in (("stochrsi_k_14", 0, "%K"), ("stochrsi_d_14", 1, "%D")):
+    register(
+        _name,
+        family=FAMILY,
+        inputs=_PRICE,
+        lookback=20,
+        params={"part": _part, **_STOCHRSI},
+        description=f"stochastic RSI {_what} (14, 5, 3), 0..100",
+    )(_stochrsi)
+
+
 def _cci(bars: pd.DataFrame, timeperiod: int) -> np.ndarray:
     """TA-Lib CCI."""
     return talib.CCI(_arr(bars, "high"), _arr(bars, "low"), _arr(bars, "close"), timeperiod=timeperiod)
 
 
-@register(
-    "roc_10",
-    family=FAMILY,
-    inputs=_PRICE,
-    lookback=10,
-    params={"timeperiod": 10},
-    description="rate of change(10) in percent",
-)
+for _n in (14, 20):
+    register(
+        f"cci_{_n}",
+        family=FAMILY,
+        inputs=_HLC,
+        lookback=_n - 1,
+        params={"timeperiod": _n},
+        description=f"commodity channel index({_n})",
+    )(_cci)
+
+
 def _roc(bars: pd.DataFrame, timeperiod: int) -> np.ndarray:
     """TA-Lib ROC."""
     return talib.ROC(_arr(bars, "close"), timeperiod=timeperiod)
+
+
+for _n in (5, 10, 20):
+    register(
+        f"roc_{_n}",
+        family=FAMILY,
+        inputs=_PRICE,
+        lookback=_n,
+        params={"timeperiod": _n},
+        description=f"rate of change({_n}) in percent",
+    )(_roc)
 
 
 @register(
@@ -258,31 +456,13 @@ def _bop(bars: pd.DataFrame) -> np.ndarray:
 
 # --- volatility -----------------------------------------------------------------------------------
 
-_BB = {"timeperiod": 20, "nbdevup": 2.0, "nbdevdn": 2.0, "matype": 0}
 
-
-@register(
-    "bb_width_20",
-    family=FAMILY,
-    inputs=_PRICE,
-    lookback=19,
-    params=_BB,
-    description="Bollinger(20, 2) band width / middle band",
-)
 def _bb_width(bars: pd.DataFrame, **bb_params: float) -> np.ndarray:
     """(upper - lower) / middle."""
     upper, middle, lower = talib.BBANDS(_arr(bars, "close"), **bb_params)
     return _div(upper - lower, middle)
 
 
-@register(
-    "bb_pctb_20",
-    family=FAMILY,
-    inputs=_PRICE,
-    lookback=19,
-    params=_BB,
-    description="Bollinger(20, 2) %b: position of close within the bands (0 lower, 1 upper)",
-)
 def _bb_pctb(bars: pd.DataFrame, **bb_params: float) -> np.ndarray:
     """(close - lower) / (upper - lower); NaN when the bands collapse."""
     close = _arr(bars, "close")
@@ -290,17 +470,40 @@ def _bb_pctb(bars: pd.DataFrame, **bb_params: float) -> np.ndarray:
     return _div(close - lower, upper - lower)
 
 
-@register(
-    "natr_14",
-    family=FAMILY,
-    inputs=_HLC,
-    lookback=14,
-    params={"timeperiod": 14},
-    description="normalized ATR(14): 100 * ATR / close",
-)
+for _n in (20, 50):
+    _bb = {"timeperiod": _n, "nbdevup": 2.0, "nbdevdn": 2.0, "matype": 0}
+    register(
+        f"bb_width_{_n}",
+        family=FAMILY,
+        inputs=_PRICE,
+        lookback=_n - 1,
+        params=_bb,
+        description=f"Bollinger({_n}, 2) band width / middle band",
+    )(_bb_width)
+    register(
+        f"bb_pctb_{_n}",
+        family=FAMILY,
+        inputs=_PRICE,
+        lookback=_n - 1,
+        params=_bb,
+        description=f"Bollinger({_n}, 2) %b: position of close within the bands (0 lower, 1 upper)",
+    )(_bb_pctb)
+
+
 def _natr(bars: pd.DataFrame, timeperiod: int) -> np.ndarray:
     """TA-Lib NATR (ATR / close in percent; a raw ATR would carry the price scale)."""
     return talib.NATR(_arr(bars, "high"), _arr(bars, "low"), _arr(bars, "close"), timeperiod=timeperiod)
+
+
+for _n in (14, 28):
+    register(
+        f"natr_{_n}",
+        family=FAMILY,
+        inputs=_HLC,
+        lookback=_n,
+        params={"timeperiod": _n},
+        description=f"normalized ATR({_n}): 100 * ATR / close",
+    )(_natr)
 
 
 # --- volume ---------------------------------------------------------------------------------------
@@ -320,27 +523,55 @@ def _mfi(bars: pd.DataFrame, timeperiod: int) -> np.ndarray:
     return talib.MFI(high, low, close, volume, timeperiod=timeperiod)
 
 
-@register(
-    "obv_z_20",
-    family=FAMILY,
-    inputs=("close", "volume"),
-    lookback=19,
-    params={"window": 20},
-    description="on-balance volume z-score over 20 bars",
-)
 def _obv_z(bars: pd.DataFrame, window: int) -> np.ndarray:
     """OBV's level depends on where history starts; its rolling z-score does not."""
     return _zscore(talib.OBV(_arr(bars, "close"), _arr(bars, "volume")), window)
 
 
-@register(
-    "volume_z_20",
-    family=FAMILY,
-    inputs=("volume",),
-    lookback=19,
-    params={"window": 20},
-    description="volume z-score over 20 bars",
-)
 def _volume_z(bars: pd.DataFrame, window: int) -> np.ndarray:
     """Rolling z-score of raw volume (scale-free across symbols)."""
     return _zscore(_arr(bars, "volume"), window)
+
+
+for _n in (20, 60):
+    register(
+        f"obv_z_{_n}",
+        family=FAMILY,
+        inputs=("close", "volume"),
+        lookback=_n - 1,
+        params={"window": _n},
+        description=f"on-balance volume z-score over {_n} bars",
+    )(_obv_z)
+    register(
+        f"volume_z_{_n}",
+        family=FAMILY,
+        inputs=("volume",),
+        lookback=_n - 1,
+        params={"window": _n},
+        description=f"volume z-score over {_n} bars",
+    )(_volume_z)
+
+
+@register(
+    "vwap_dist",
+    family=FAMILY,
+    inputs=(*_HLC, "volume", "vwap"),
+    lookback=19,
+    params={"window": 20},
+    description="close / VWAP - 1: the bar's vwap where the vendor gives one, else the 20-bar "
+    "typical-price VWAP",
+)
+def _vwap_dist(bars: pd.DataFrame, window: int) -> np.ndarray:
+    """close / vwap - 1, falling back per bar to sum(typical price * volume) / sum(volume).
+
+    The first `window - 1` bars are NaN whichever anchor applies, so the warm-up does not depend on
+    whether a vendor fills `vwap` (the declared lookback stays exact).
+    """
+    high, low, close, volume = (_arr(bars, c) for c in ("high", "low", "close", "volume"))
+    typical = (high + low + close) / 3.0
+    rolling = _div(talib.SUM(typical * volume, timeperiod=window), talib.SUM(volume, timeperiod=window))
+    vendor = _arr(bars, "vwap")
+    anchor = np.where(np.isfinite(vendor) & (vendor > 0), vendor, rolling)
+    out = _div(close, anchor) - 1.0
+    out[: window - 1] = np.nan
+    return out

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
-from quanto.config.models import PipelineConfig
+import pandas as pd
+
+from quanto.config.models import LabelConfig, PipelineConfig
 from quanto.contracts import StageRequest, StageResult
 from quanto.lake.materialize import Materialized, StageContext, materialize
+
+
+def triple_barrier_labels(bars: pd.DataFrame, spec: LabelConfig) -> pd.DataFrame:
+    """Triple-barrier labels in the stage's columns: label 1.0 when the profit-take is hit first,
+    fwd_return = the log return to the first touch, t1 = the first touch."""
+    from quanto.labels.barriers import triple_barrier
+
+    tb = triple_barrier(
+        bars, vol_window=spec.vol_window, pt_mult=spec.pt_mult, sl_mult=spec.sl_mult, max_bars=spec.horizon
+    )
+    label = (tb["label"] > 0).astype(float).where(tb["label"].notna())
+    return pd.DataFrame(
+        {"symbol": tb["symbol"], "ts": tb["ts"], "fwd_return": tb["ret"], "label": label, "t1": tb["t1"]}
+    )
 
 
 def run_labels(req: StageRequest, ctx: StageContext) -> StageResult:
@@ -17,7 +33,10 @@ def run_labels(req: StageRequest, ctx: StageContext) -> StageResult:
 
     def compute(key: str) -> Materialized:
         bars = ctx.lake.read_frame(inputs)
-        labels = compute_labels(bars, spec.kind, spec.horizon, spec.threshold)
+        if spec.kind == "triple_barrier":
+            labels = triple_barrier_labels(bars, spec)
+        else:
+            labels = compute_labels(bars, spec.kind, spec.horizon, spec.threshold)
         ref = ctx.lake.write_frame(f"gold/labels/{key[:16]}", labels, role="labels")
         labelled = int(labels["label"].notna().sum())
         return Materialized([ref], counters={"rows": len(labels), "labelled": labelled})

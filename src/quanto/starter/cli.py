@@ -27,10 +27,12 @@ server_app = typer.Typer(no_args_is_help=True, help="The local Temporal dev serv
 pipeline_app = typer.Typer(no_args_is_help=True, help="Research pipeline runs.")
 config_app = typer.Typer(no_args_is_help=True, help="Job-file schemas.")
 data_app = typer.Typer(no_args_is_help=True, help="Market data in the lake.")
+features_app = typer.Typer(no_args_is_help=True, help="The feature registry.")
 app.add_typer(server_app, name="server")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
+app.add_typer(features_app, name="features")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 STATE_DIR = Path(os.environ.get("QUANTO_HOME", ".quanto"))
@@ -319,6 +321,73 @@ def data_validate(
         )
     lines += [f"  {role}: {path}" for role, path in out["files"].items()]
     print("\n".join(lines))
+
+
+# --- features -----------------------------------------------------------------------------------------
+
+
+@features_app.command("ls")
+def features_ls(
+    family: Annotated[str | None, typer.Option("--family", help="Only this family.")] = None,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="A Markdown table (docs/features.md).")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Every registered feature: name, family, parameters, lookback, version, description."""
+    from quanto.features.registry import feature_catalog
+
+    rows = feature_catalog()
+    families = sorted({r["family"] for r in rows})
+    if family is not None:
+        if family not in families:
+            _fail(as_json, 2, f"--family: unknown family {family!r}; known: {families}")
+        rows = [r for r in rows if r["family"] == family]
+    if as_json:
+        print(json.dumps({"features": rows}))
+    elif markdown:
+        print("| name | family | lookback | version | description |\n|---|---|---|---|---|")
+        pipe = "\\|"  # a literal | inside a Markdown cell
+        for r in rows:
+            desc = r["description"].replace("|", pipe)
+            print(f"| `{r['name']}` | {r['family']} | {r['lookback']} | {r['version']} | {desc} |")
+    else:
+        print(
+            "\n".join(
+                f"{r['name']:<40} {r['family']:<12} {r['lookback']:>5}  {r['description']}" for r in rows
+            )
+        )
+
+
+@features_app.command("check-lookahead")
+def features_check_lookahead(
+    names: Annotated[list[str], typer.Argument(help="Feature names (or `default`, or `talib:FUNC(...)`).")],
+    symbols: Annotated[str, typer.Option(help="Sample symbols to test on, comma-separated.")] = "AAPL,IBM",
+    cuts: Annotated[int, typer.Option(help="Random truncation points.")] = 7,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compute features on the full sample history and on histories cut at random points; values at or
+    before each cut must not change. Exit 0 only when every feature passes."""
+    import datetime as dt
+
+    from quanto.data.sample import load_sample_bars
+    from quanto.features.registry import check_lookahead, expand_names
+
+    try:
+        expanded = expand_names(names)
+        bars = load_sample_bars(symbols.split(","), dt.date(2004, 1, 1), dt.date(2013, 1, 1), "all")
+    except ValueError as err:
+        _fail(as_json, 2, str(err))
+    bad = check_lookahead(bars, expanded, n_cuts=cuts)
+    results = [{"name": n, "ok": n not in bad, "mismatches": bad.get(n, 0)} for n in expanded]
+    text = "\n".join(
+        f"{'ok  ' if r['ok'] else 'FAIL'} {r['name']}"
+        + ("" if r["ok"] else f" ({r['mismatches']} values changed)")
+        for r in results
+    )
+    _emit(as_json, {"passed": not bad, "features": results}, text)
+    if bad:
+        raise typer.Exit(1)
 
 
 # --- config -------------------------------------------------------------------------------------------
