@@ -66,6 +66,8 @@ class StageResult(BaseModel):
     summary: dict[str, Any] = Field(default_factory=dict)
     manifest: str = ""
     seconds: float = 0.0
+    # True when `outputs` was left out to keep workflow payloads small: the manifest lists them.
+    outputs_in_manifest: bool = False
 
     def files(self, role: str) -> list[FileRef]:
         """Outputs of one role (e.g. 'bars', 'quarantine')."""

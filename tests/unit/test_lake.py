@@ -103,3 +103,23 @@ def test_stage_key_ignores_input_order():
     a, b = FileRef(path="a", sha256="1" * 64), FileRef(path="b", sha256="2" * 64)
     assert stage_key("s", [a, b], {"x": 1}) == stage_key("s", [b, a], {"x": 1})
     assert stage_key("s", [a], {"x": 1}) != stage_key("t", [a], {"x": 1})
+
+
+def test_long_file_lists_travel_in_the_manifest_not_the_payload(tmp_path):
+    from quanto.lake.materialize import MAX_INLINE_OUTPUTS, hydrate, slim
+
+    ctx = _ctx(tmp_path)
+    n = MAX_INLINE_OUTPUTS + 5
+
+    def compute(key: str) -> Materialized:
+        return Materialized([ctx.lake.write_frame(f"gold/many/{i}", frame(i + 1)) for i in range(n)])
+
+    full = materialize("many", ctx, [], {}, compute)
+    small = slim(full)
+    assert small.outputs == [] and small.outputs_in_manifest
+    assert len(small.model_dump_json()) < len(full.model_dump_json()) / 4
+    assert hydrate(ctx.lake, small).outputs == full.outputs
+    few = materialize(
+        "few", ctx, [], {}, lambda key: Materialized([ctx.lake.write_frame("gold/one", frame())])
+    )
+    assert slim(few) is few and hydrate(ctx.lake, few) is few

@@ -11,12 +11,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from quanto.contracts import StageRequest, StageResult
 from quanto.errors import InputError
-from quanto.lake.materialize import StageContext
+from quanto.lake.materialize import StageContext, hydrate, slim
 from quanto.lake.storage import Lake
 
 
@@ -68,9 +69,10 @@ def execute_stage(name: str, req: StageRequest) -> StageResult:
 
     configure_logging(console=False, filename="worker.log")
     info = activity.info()
-    lake_root = req.config.get("lake_root", ".quanto/lake")
+    lake = Lake(Path(req.config.get("lake_root", ".quanto/lake")))
+    req = req.model_copy(update={"inputs": {k: hydrate(lake, v) for k, v in req.inputs.items()}})
     ctx = StageContext(
-        lake=Lake(Path(lake_root)),
+        lake=lake,
         workflow_id=info.workflow_id,
         run_id=info.workflow_run_id,
         resume=_resume_details(),
@@ -78,8 +80,9 @@ def execute_stage(name: str, req: StageRequest) -> StageResult:
     timeout = info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else 30.0
     with _Heartbeat(ctx, interval=max(0.5, timeout / 4)):
         try:
-            return STAGE_FUNCTIONS[name](req, ctx)
-        except InputError as err:
+            # Long file lists stay in the manifest: payloads stay small whatever the universe size.
+            return slim(STAGE_FUNCTIONS[name](req, ctx))
+        except (InputError, ValidationError) as err:
             # Retrying cannot fix bad input: fail the stage at once with a message a user can act on.
             raise ApplicationError(str(err), type=type(err).__name__, non_retryable=True) from err
 

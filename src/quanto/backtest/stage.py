@@ -20,7 +20,11 @@ def run_backtest(req: StageRequest, ctx: StageContext) -> StageResult:
     cfg = PipelineConfig.model_validate(req.config)
     bar_refs = req.inputs["validate"].files("bars")
     pred_refs = req.inputs["walk_forward"].files("predictions")
-    stage_cfg = {"backtest": cfg.backtest.model_dump(mode="json"), "objective": cfg.model.objective}
+    stage_cfg = {
+        "backtest": cfg.backtest.model_dump(mode="json"),
+        "objective": cfg.model.objective,
+        "run_folder": run_folder(cfg),  # outputs are written there
+    }
 
     def compute(key: str) -> Materialized:
         bars = ctx.lake.read_frame(bar_refs)

@@ -45,8 +45,8 @@ def run_walk_forward(req: StageRequest, ctx: StageContext) -> StageResult:
             ctx.lake.write_checkpoint(_checkpoint(key, index), preds)
             finished.append(index)
             infos[index] = info
+            ctx.heartbeat_details = {"folds_done": sorted(set(finished))}  # before the beat that sends it
             ctx.progress(len(finished), len(folds), f"fold {index}")
-            ctx.heartbeat_details = {"folds_done": sorted(set(finished))}
 
         ctx.heartbeat_details = {"folds_done": sorted(done)}
         predictions, fold_table = walk_forward(

@@ -30,18 +30,18 @@ def code_version() -> str:
     from quanto import __version__
 
     h = hashlib.sha256()
-    root = resources.files("quanto")
-    stack = [root]
-    files = []
+    # Paths relative to the package root: identical code hashes the same wherever it is installed.
+    stack: list[tuple[Any, str]] = [(resources.files("quanto"), "")]
+    files: list[tuple[str, Any]] = []
     while stack:
-        node = stack.pop()
+        node, rel = stack.pop()
         for child in node.iterdir():
             if child.is_dir() and child.name != "__pycache__":
-                stack.append(child)
+                stack.append((child, f"{rel}{child.name}/"))
             elif child.name.endswith((".py", ".sql", ".j2", ".css")):
-                files.append(child)
-    for f in sorted(files, key=lambda p: str(p)):
-        h.update(str(f).split("quanto", 1)[-1].encode())
+                files.append((f"{rel}{child.name}", child))
+    for rel, f in sorted(files, key=lambda item: item[0]):
+        h.update(rel.encode())
         h.update(f.read_bytes())
     return f"{__version__}+{h.hexdigest()[:12]}"
 
@@ -108,6 +108,34 @@ def load_manifest(lake: Lake, stage: str, key: str) -> dict[str, Any] | None:
     return manifest if lake.exists(outputs) else None
 
 
+def _record_manifest(ctx: StageContext, manifest: dict[str, Any], rel: str) -> None:
+    from quanto.store.records import upsert_manifest
+
+    with ctx.db() as conn:
+        upsert_manifest(conn, manifest, rel)
+
+
+MAX_INLINE_OUTPUTS = 16  # more files than this travel in the manifest, not in workflow payloads
+
+
+def slim(result: StageResult) -> StageResult:
+    """The result without its file list when that list is long (it stays in the manifest)."""
+    if len(result.outputs) <= MAX_INLINE_OUTPUTS:
+        return result
+    return result.model_copy(update={"outputs": [], "outputs_in_manifest": True})
+
+
+def hydrate(lake: Lake, result: StageResult) -> StageResult:
+    """The result with its file list read back from its manifest when `slim` left it out."""
+    if not result.outputs_in_manifest:
+        return result
+    import json
+
+    manifest = json.loads(lake.abspath(result.manifest).read_text())
+    outputs = [FileRef(**o) for o in manifest["outputs"]]
+    return result.model_copy(update={"outputs": outputs, "outputs_in_manifest": False})
+
+
 def materialize(
     stage: str,
     ctx: StageContext,
@@ -121,6 +149,9 @@ def materialize(
     existing = load_manifest(ctx.lake, stage, key)
     if existing is not None:
         log.info("stage skipped: already materialized", stage=stage, key=key[:12])
+        if ctx.record:
+            # Idempotent: restores the row if an earlier run lost it (database down, record=False run).
+            _record_manifest(ctx, existing, _manifest_path(stage, key))
         return StageResult(
             stage=stage,
             key=key,
@@ -151,12 +182,10 @@ def materialize(
         "status": "completed",
     }
     rel = _manifest_path(stage, key)
-    ctx.lake.write_json(rel, manifest)
+    # The database row first, the JSON last: the JSON's presence is what makes the stage skip.
     if ctx.record:
-        from quanto.store.records import upsert_manifest
-
-        with ctx.db() as conn:
-            upsert_manifest(conn, manifest, rel)
+        _record_manifest(ctx, manifest, rel)
+    ctx.lake.write_json(rel, manifest)
     seconds = time.perf_counter() - t0
     log.info("stage finished", stage=stage, key=key[:12], seconds=round(seconds, 3), **result.counters)
     return StageResult(

@@ -32,6 +32,16 @@ def sha256_json(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _fsync_path(path: Path) -> None:
+    """Flush a file (or a folder's entries) to disk, so a crash cannot leave a truncated file behind
+    a manifest that names it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write bytes to `path` via a temporary file in the same folder and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +52,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_path(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -73,9 +84,11 @@ class Lake:
         try:
             # Fixed writer settings keep bytes (and so hashes) reproducible for identical tables.
             pq.write_table(table, tmp, compression="zstd", write_statistics=True, store_schema=True)
+            _fsync_path(Path(tmp))
             digest = sha256_file(Path(tmp))
             final = target_dir / f"part-{digest[:16]}.parquet"
             os.replace(tmp, final)
+            _fsync_path(target_dir)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -114,7 +127,9 @@ class Lake:
         os.close(fd)
         try:
             df.to_parquet(tmp, index=False)
+            _fsync_path(Path(tmp))
             os.replace(tmp, path)
+            _fsync_path(path.parent)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

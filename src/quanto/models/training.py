@@ -33,6 +33,7 @@ def run_train(req: StageRequest, ctx: StageContext) -> StageResult:
         "model": cfg.model.model_dump(mode="json"),
         "objective": cfg.model.objective,
         "train_bars": cfg.walk_forward.train_bars,
+        "name": cfg.name,  # the model id and folder carry the job's name
     }
 
     def compute(key: str) -> Materialized:
@@ -45,9 +46,11 @@ def run_train(req: StageRequest, ctx: StageContext) -> StageResult:
         model_id = f"{cfg.name}-{key[:12]}"
         folder = ctx.lake.abspath(f"models/{model_id}")
         model.save(folder)
+        # A one-class window gives a constant model, saved as meta.json alone (no model.txt).
         outputs = [
             FileRef(path=ctx.lake.relpath(p), sha256=sha256_file(p), rows=0, role=role)
             for p, role in ((folder / "model.txt", "model"), (folder / "meta.json", "model_meta"))
+            if p.is_file()
         ]
         importance = model.feature_importance()
         summary = {

@@ -36,8 +36,12 @@ def run_report(req: StageRequest, ctx: StageContext) -> StageResult:
     cfg = PipelineConfig.model_validate(req.config)
     validate, train, wf, bt = (req.inputs[k] for k in ("validate", "train", "walk_forward", "backtest"))
     equity_refs = bt.files("equity")
-    inputs = equity_refs + train.files("model")
-    stage_cfg = {"report": cfg.report.model_dump(mode="json"), "summary": config_summary(cfg)}
+    inputs = equity_refs + train.files("model") + train.files("model_meta")
+    stage_cfg = {
+        "report": cfg.report.model_dump(mode="json"),
+        "summary": config_summary(cfg),
+        "run_folder": run_folder(cfg),  # where it writes, and the subtitle, depend on the job's name
+    }
 
     def compute(key: str) -> Materialized:
         equity = ctx.lake.read_frame(equity_refs)

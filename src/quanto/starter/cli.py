@@ -195,8 +195,11 @@ async def _run_pipeline(
         }, 1
     out = result_json(result, handle.result_run_id)
     if until == "validate":
-        validate = result.results["validate"]
+        from quanto.lake.materialize import hydrate
+        from quanto.lake.storage import Lake
+
         lake = Path(cfg.lake_root).expanduser().resolve()
+        validate = hydrate(Lake(lake), result.results["validate"])
         out["counters"] = validate.counters
         out["quality"] = validate.summary.get("by_rule", [])
         out["files"] = {f.role: str(lake / f.path) for f in validate.outputs if f.role != "bars"}

@@ -38,6 +38,8 @@ def replace_quality(
     conn: psycopg.Connection, stage_key: str, workflow_id: str, rows: list[dict[str, Any]]
 ) -> None:
     """Store the data-quality rows of one validation output (replacing earlier rows of the same key)."""
+    # Two runs computing the same key at once (validate + pipeline) must not both insert.
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 1))", (stage_key,))
     conn.execute("DELETE FROM data_quality WHERE stage_key = %s", (stage_key,))
     with conn.cursor() as cur:
         cur.executemany(
@@ -66,6 +68,7 @@ def replace_imputation_audit(
 
     `audit` is a polars frame with columns symbol, ts, column, old, new, method, rule.
     """
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 2))", (stage_key,))
     conn.execute("DELETE FROM imputation_audit WHERE stage_key = %s", (stage_key,))
     columns = "stage_key, run_id, dataset, symbol, ts, column_name, old_value, new_value, method, rule"
     with conn.cursor() as cur, cur.copy(f"COPY imputation_audit ({columns}) FROM STDIN") as copy:

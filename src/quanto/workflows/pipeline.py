@@ -76,7 +76,10 @@ class ResearchPipelineWorkflow:
             except ActivityError as err:
                 status.status = "failed"
                 workflow.upsert_search_attributes([search.STAGE.value_set(f"failed:{spec.name}")])
-                await self._record(req, "failed", {})
+                try:
+                    await self._record(req, "failed", {})
+                except ActivityError:
+                    workflow.logger.warning("could not record the failed run; the stage error follows")
                 cause = err.cause if isinstance(err.cause, ApplicationError) else err
                 raise ApplicationError(
                     f"stage {spec.name} failed: {cause.message if isinstance(cause, ApplicationError) else cause}",
@@ -119,5 +122,7 @@ class ResearchPipelineWorkflow:
             },
             task_queue=QUEUE_IO,
             start_to_close_timeout=timedelta(seconds=60),
-            retry_policy=RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(seconds=30)),
+            schedule_to_close_timeout=timedelta(hours=1),
+            # An idempotent upsert: keep trying while the database is away rather than fail a finished run.
+            retry_policy=RetryPolicy(maximum_attempts=0, maximum_interval=timedelta(seconds=60)),
         )
