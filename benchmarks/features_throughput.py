@@ -1,0 +1,260 @@
+"""Benchmark: `compute_features(bars, ["default"])` vs the same default set hand-written as raw TA-Lib calls.
+
+Datasets (both built once, seeded):
+- daily: 500 symbols x 2,520 business days (~10 years) of random-walk bars in the canonical bar
+  columns (quanto.data.synthetic is minute-only); per-symbol price levels and volatilities differ,
+  and a fifth of the symbols have no vendor vwap, so `vwap_dist` also takes its fallback path.
+- minute: `generate_minute_bars` for 50 symbols x one XNYS year (~250 sessions of 390 minutes),
+  bad_tick_rate 0 (compute_features rejects repeated (symbol, ts) rows).
+$QUANTO_BENCH_SCALE (default 1) scales the symbol counts (history lengths stay); $QUANTO_BENCH_REPS
+(default 3) sets the timed repetitions.
+
+Peer "talib-per-symbol": what a user would write by hand: sort by (symbol, ts), loop over
+`groupby("symbol")`, call talib on each symbol's numpy columns with the same parameters and the same
+normalizations (ratios to close, pandas rolling z-scores, log returns, rolling std), build one frame
+per symbol and `pd.concat` them. It produces the same columns in the same order; on the warm-up run
+the two outputs must agree value for value (rtol 1e-9, NaN in the same places), or the benchmark fails.
+
+Peer "pandas-ta" is not run: pandas-ta 0.4.67b0/0.4.71b0 (the only versions on PyPI that support
+numpy 2) require Python >= 3.12 and this project targets 3.11; see the stderr note.
+
+Reps alternate ours/peer so machine noise hits both; medians of REPS after one warm-up each.
+Prints one JSON line per dataset (DESIGN.md section 9); progress goes to stderr.
+Goal: ours at most 1.5x the raw TA-Lib time, i.e. ratio = peer_s / ours_s >= 0.67.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import talib
+
+from quanto.config.models import SyntheticSpec
+from quanto.data.schemas import conform_bars
+from quanto.data.synthetic import generate_minute_bars
+from quanto.features.registry import DEFAULT_FEATURES, compute_features
+
+SCALE = float(os.environ.get("QUANTO_BENCH_SCALE", 1.0))
+REPS = int(os.environ.get("QUANTO_BENCH_REPS", 3))
+DAILY_SYMBOLS = max(1, round(500 * SCALE))
+DAILY_DAYS = 2520  # ten years of ~252 sessions
+MINUTE_SYMBOLS = max(1, round(50 * SCALE))
+MINUTE_START, MINUTE_END = dt.date(2023, 1, 3), dt.date(2024, 1, 2)  # one XNYS year
+GOAL = "ratio >= 0.67 (ours <= 1.5x raw TA-Lib per symbol)"
+
+
+def log(msg: str) -> None:
+    print(f"[features_throughput] {msg}", file=sys.stderr, flush=True)
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+def build_daily(n_symbols: int, n_days: int, seed: int = 3) -> pd.DataFrame:
+    """Seeded random-walk daily bars, canonical columns, sorted by (symbol, ts)."""
+    rng = np.random.default_rng(seed)
+    vol = rng.uniform(0.01, 0.03, size=(n_symbols, 1))
+    p0 = np.exp(rng.uniform(np.log(5.0), np.log(500.0), size=(n_symbols, 1)))
+    rets = rng.normal(0.0003, 1.0, size=(n_symbols, n_days)) * vol
+    close = p0 * np.exp(np.cumsum(rets, axis=1))
+    gap = np.exp(rng.normal(0.0, 1.0, size=(n_symbols, n_days)) * 0.3 * vol)
+    open_ = np.concatenate([p0, close[:, :-1]], axis=1) * gap
+    top, bottom = np.maximum(open_, close), np.minimum(open_, close)
+    high = top * np.exp(np.abs(rng.normal(0.0, 1.0, size=top.shape)) * 0.5 * vol)
+    low = bottom * np.exp(-np.abs(rng.normal(0.0, 1.0, size=top.shape)) * 0.5 * vol)
+    volume = np.round(rng.lognormal(13.0, 0.5, size=top.shape))
+    vwap = np.clip((high + low + close) / 3.0, low, high)
+    vwap[rng.random(n_symbols) < 0.2] = np.nan  # symbols whose vendor gives no vwap
+    days = pd.bdate_range("2014-01-02", periods=n_days, tz="UTC")
+    symbols = np.asarray([f"D{i:04d}" for i in range(n_symbols)], dtype=object)
+    bars = pd.DataFrame(
+        {
+            "symbol": np.repeat(symbols, n_days),
+            "ts": np.tile(days.to_numpy(), n_symbols),
+            "timeframe": "1d",
+            "open": open_.ravel(),
+            "high": high.ravel(),
+            "low": low.ravel(),
+            "close": close.ravel(),
+            "volume": volume.ravel(),
+            "vwap": vwap.ravel(),
+            "trades": (volume.ravel() // 100).astype(np.int64),
+            "vendor": "synthetic",
+            "imputed": False,
+        }
+    )
+    return conform_bars(bars)
+
+
+def build_minute(n_symbols: int) -> pd.DataFrame:
+    symbols = [f"M{i:03d}" for i in range(n_symbols)]
+    return generate_minute_bars(symbols, MINUTE_START, MINUTE_END, SyntheticSpec(seed=11, bad_tick_rate=0.0))
+
+
+# --- the peer: the default set as raw talib calls per symbol --------------------------------------
+
+
+def _zscore(x: np.ndarray, window: int) -> np.ndarray:
+    s = pd.Series(x)
+    roll = s.rolling(window, min_periods=window)
+    return ((s - roll.mean()) / roll.std(ddof=0)).to_numpy()
+
+
+def _one_symbol(g: pd.DataFrame) -> pd.DataFrame:
+    o, h, lo, c, v, vw = (
+        np.ascontiguousarray(g[k].to_numpy(dtype=np.float64))
+        for k in ("open", "high", "low", "close", "volume", "vwap")
+    )
+    f: dict[str, np.ndarray] = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for n in (5, 10, 20, 50, 100, 200):
+            f[f"sma_ratio_{n}"] = c / talib.SMA(c, timeperiod=n) - 1.0
+        for n in (5, 10, 12, 20, 26, 50, 100, 200):
+            f[f"ema_ratio_{n}"] = c / talib.EMA(c, timeperiod=n) - 1.0
+        f["kama_ratio_10"] = c / talib.KAMA(c, timeperiod=10) - 1.0
+        f["ht_trendline_ratio"] = c / talib.HT_TRENDLINE(c) - 1.0
+        f["tsf_ratio_14"] = c / talib.TSF(c, timeperiod=14) - 1.0
+        for n in (14, 50):
+            f[f"linreg_slope_{n}"] = talib.LINEARREG_SLOPE(c, timeperiod=n) / c
+        f["sar_dist"] = (c - talib.SAR(h, lo, acceleration=0.02, maximum=0.2)) / c
+        macd, signal, hist = talib.MACD(c, fastperiod=12, slowperiod=26, signalperiod=9)
+        f["macd_12_26_9"], f["macd_signal_12_26_9"], f["macd_hist_12_26_9"] = macd / c, signal / c, hist / c
+        f["ppo_12_26"] = talib.PPO(c, fastperiod=12, slowperiod=26, matype=1)
+        f["trix_15"] = talib.TRIX(c, timeperiod=15)
+        f["adx_14"] = talib.ADX(h, lo, c, timeperiod=14)
+        f["adxr_14"] = talib.ADXR(h, lo, c, timeperiod=14)
+        f["plus_di_14"] = talib.PLUS_DI(h, lo, c, timeperiod=14)
+        f["minus_di_14"] = talib.MINUS_DI(h, lo, c, timeperiod=14)
+        f["aroon_down_14"], f["aroon_up_14"] = talib.AROON(h, lo, timeperiod=14)
+        f["aroon_osc_14"] = talib.AROONOSC(h, lo, timeperiod=14)
+        f["ht_dcperiod"] = talib.HT_DCPERIOD(c)
+        for n in (7, 14, 21):
+            f[f"rsi_{n}"] = talib.RSI(c, timeperiod=n)
+        f["stoch_k_14"], f["stoch_d_14"] = talib.STOCH(
+            h, lo, c, fastk_period=14, slowk_period=3, slowk_matype=0, slowd_period=3, slowd_matype=0
+        )
+        f["stochrsi_k_14"], f["stochrsi_d_14"] = talib.STOCHRSI(
+            c, timeperiod=14, fastk_period=5, fastd_period=3, fastd_matype=0
+        )
+        for n in (14, 20):
+            f[f"cci_{n}"] = talib.CCI(h, lo, c, timeperiod=n)
+        f["cmo_14"] = talib.CMO(c, timeperiod=14)
+        f["mom_ratio_10"] = talib.MOM(c, timeperiod=10) / c
+        for n in (5, 10, 20):
+            f[f"roc_{n}"] = talib.ROC(c, timeperiod=n)
+        f["willr_14"] = talib.WILLR(h, lo, c, timeperiod=14)
+        f["ultosc_7_14_28"] = talib.ULTOSC(h, lo, c, timeperiod1=7, timeperiod2=14, timeperiod3=28)
+        f["bop"] = talib.BOP(o, h, lo, c)
+        for n in (20, 50):
+            upper, middle, lower = talib.BBANDS(c, timeperiod=n, nbdevup=2.0, nbdevdn=2.0, matype=0)
+            f[f"bb_width_{n}"] = (upper - lower) / middle
+            f[f"bb_pctb_{n}"] = (c - lower) / (upper - lower)
+        for n in (14, 28):
+            f[f"natr_{n}"] = talib.NATR(h, lo, c, timeperiod=n)
+        f["mfi_14"] = talib.MFI(h, lo, c, v, timeperiod=14)
+        obv = talib.OBV(c, v)
+        for n in (20, 60):
+            f[f"obv_z_{n}"] = _zscore(obv, n)
+        for n in (20, 60):
+            f[f"volume_z_{n}"] = _zscore(v, n)
+        rolling_vwap = talib.SUM((h + lo + c) / 3.0 * v, timeperiod=20) / talib.SUM(v, timeperiod=20)
+        dist = c / np.where(np.isfinite(vw) & (vw > 0), vw, rolling_vwap) - 1.0
+        dist[:19] = np.nan
+        f["vwap_dist"] = dist
+        logc = np.log(c)
+        for n in (1, 5, 20):
+            r = np.full_like(c, np.nan)
+            r[n:] = logc[n:] - logc[:-n]
+            f[f"logret_{n}"] = r
+        r1 = pd.Series(f["logret_1"])
+        for n in (20, 60):
+            f[f"vol_{n}"] = r1.rolling(n, min_periods=n).std(ddof=1).to_numpy()
+    f = {k: np.where(np.isinf(a), np.nan, a) for k, a in f.items()}  # inf means undefined: NaN
+    out = pd.DataFrame({"symbol": g["symbol"].array, "ts": g["ts"].array})
+    return pd.concat([out, pd.DataFrame({k: f[k] for k in DEFAULT_FEATURES})], axis=1)
+
+
+def talib_per_symbol(bars: pd.DataFrame) -> pd.DataFrame:
+    ordered = bars.sort_values(["symbol", "ts"], kind="mergesort").reset_index(drop=True)
+    parts = [_one_symbol(g) for _, g in ordered.groupby("symbol", sort=False)]
+    return pd.concat(parts, ignore_index=True)
+
+
+# --- run ------------------------------------------------------------------------------------------
+
+
+def check_same(ours: pd.DataFrame, peer: pd.DataFrame, label: str) -> None:
+    """Column by column: same keys, same values (rtol 1e-9), NaN in the same places."""
+    if list(ours.columns) != list(peer.columns) or len(ours) != len(peer):
+        raise AssertionError(f"{label}: shapes/columns differ: {ours.shape} vs {peer.shape}")
+    if not (ours["symbol"].to_numpy() == peer["symbol"].to_numpy()).all():
+        raise AssertionError(f"{label}: symbol order differs")
+    if not (ours["ts"].to_numpy("datetime64[ns]") == peer["ts"].to_numpy("datetime64[ns]")).all():
+        raise AssertionError(f"{label}: ts order differs")
+    worst = 0.0
+    for name in DEFAULT_FEATURES:
+        a, b = ours[name].to_numpy(), peer[name].to_numpy()
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=f"{label}: {name}")
+        both = np.isfinite(a) & np.isfinite(b)
+        if both.any():
+            worst = max(worst, float(np.max(np.abs(a[both] - b[both]))))
+    log(f"{label}: ours == peer on all {len(DEFAULT_FEATURES)} features x {len(ours):,} rows "
+        f"(max abs diff {worst:.2e})")  # fmt: skip
+
+
+def bench(name: str, bars: pd.DataFrame) -> None:
+    n = len(bars)
+    ours_s, peer_s = [], []
+    for rep in range(REPS + 1):  # rep 0 warms up
+        t = time.perf_counter()
+        ours = compute_features(bars, ["default"])
+        ours_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        peer = talib_per_symbol(bars)
+        peer_s.append(time.perf_counter() - t)
+        log(f"{name} rep {rep}{' (warm-up)' if rep == 0 else ''}: ours {ours_s[-1]:.2f} s, "
+            f"talib per symbol {peer_s[-1]:.2f} s")  # fmt: skip
+        if rep == 0:
+            check_same(ours, peer, name)
+        del ours, peer
+    ours_med, peer_med = statistics.median(ours_s[1:]), statistics.median(peer_s[1:])
+    print(json.dumps({
+        "bench": name, "n": n, "ours_s": round(ours_med, 3), "peer": "talib-per-symbol",
+        "peer_s": round(peer_med, 3), "ratio": round(peer_med / ours_med, 2),
+        "unit_rate": round(n / ours_med, 1), "symbols": int(bars["symbol"].nunique()),
+        "features": len(DEFAULT_FEATURES), "goal": GOAL, "reps": REPS, "scale": SCALE,
+    }), flush=True)  # fmt: skip
+
+
+def main() -> None:
+    try:
+        import pandas_ta  # noqa: F401
+    except ImportError:
+        log("pandas-ta peer skipped: not installed (its numpy-2 releases 0.4.67b0/0.4.71b0 need "
+            "Python >= 3.12; this project is 3.11)")  # fmt: skip
+    else:
+        log("pandas-ta is importable but no pandas-ta peer is implemented here; skipped")
+
+    t0 = time.perf_counter()
+    daily = build_daily(DAILY_SYMBOLS, DAILY_DAYS)
+    log(f"daily: {len(daily):,} bars ({DAILY_SYMBOLS} symbols x {DAILY_DAYS} days) "
+        f"built in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+    bench("features_default_daily", daily)
+    del daily
+
+    t0 = time.perf_counter()
+    minute = build_minute(MINUTE_SYMBOLS)
+    log(f"minute: {len(minute):,} bars ({MINUTE_SYMBOLS} symbols, {MINUTE_START} to {MINUTE_END}) "
+        f"built in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+    bench("features_default_minute", minute)
+
+
+if __name__ == "__main__":
+    main()
