@@ -92,3 +92,15 @@ def test_label_kind_and_model_objective_must_fit(label, objective, ok):
     else:
         with pytest.raises(ConfigError, match=f"does not fit label.kind '{label}'"):
             parse_config(PipelineConfig, data, "job.yaml")
+
+
+def test_panel_features_must_name_selected_features_and_a_universe_benchmark():
+    with pytest.raises(ConfigError, match=r"features: .*cross_sectional features \['rsi_14'\] are not among"):
+        parse_config(
+            PipelineConfig, {**BASE, "features": {"names": ["logret_5"], "cross_sectional": ["rsi_14"]}}, "j"
+        )
+    with pytest.raises(ConfigError, match="features.benchmark 'SPX' must be one of universe.symbols"):
+        parse_config(PipelineConfig, {**BASE, "features": {"benchmark": "SPX"}}, "j")
+    ok = {**BASE, "universe": {**BASE["universe"], "symbols": ["AAPL", "SPX"]},
+          "features": {"names": ["default"], "cross_sectional": ["rsi_14"], "benchmark": "SPX"}}  # fmt: skip
+    assert parse_config(PipelineConfig, ok, "j").features.benchmark == "SPX"

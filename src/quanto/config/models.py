@@ -145,9 +145,37 @@ class ValidationConfig(Strict):
 
 
 class FeaturesConfig(Strict):
-    """Feature selection by registered name; `default` expands to the default technical set."""
+    """Feature selection by registered name (`default`, a name, or `talib:FUNC(param=value)`), plus
+    panel features computed across the universe after the per-symbol ones."""
 
     names: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
+    cross_sectional: list[str] = Field(
+        default_factory=list,
+        description="selected features to rank and z-score across symbols at each timestamp",
+    )
+    sectors: dict[str, str] = Field(
+        default_factory=dict,
+        description="symbol -> sector: adds sector z-scores of the cross_sectional features",
+    )
+    benchmark: str | None = Field(None, description="a universe symbol: rolling corr/beta of returns to it")
+    benchmark_windows: list[int] = Field(default_factory=lambda: [20, 60], min_length=1)
+
+    @field_validator("benchmark_windows")
+    @classmethod
+    def _windows(cls, v: list[int]) -> list[int]:
+        if any(w < 2 for w in v):
+            raise ValueError(f"windows must be >= 2, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_sectional_selected(self) -> FeaturesConfig:
+        from quanto.features.registry import expand_names
+
+        selected = set(expand_names(self.names))
+        missing = [n for n in self.cross_sectional if n not in selected]
+        if missing:
+            raise ValueError(f"cross_sectional features {missing} are not among the selected names")
+        return self
 
     @field_validator("names")
     @classmethod
@@ -255,6 +283,14 @@ class PipelineConfig(Strict):
     backtest: BacktestConfig = BacktestConfig()
     report: ReportConfig = ReportConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _benchmark_in_universe(self) -> PipelineConfig:
+        if self.features.benchmark and self.features.benchmark not in self.universe.symbols:
+            raise ValueError(
+                f"features.benchmark {self.features.benchmark!r} must be one of universe.symbols {self.universe.symbols}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _label_fits_model(self) -> PipelineConfig:
