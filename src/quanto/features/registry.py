@@ -179,6 +179,30 @@ def _symbol_slices(symbols: np.ndarray) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
 
 
+class _ColumnCache:
+    """One symbol's bars whose columns are built once: dozens of features read the same few columns,
+    and building a pandas Series per read dominated the cost on many short histories. Anything but
+    a single-column read is delegated to the underlying DataFrame."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self._frame = frame
+        self._columns: dict[str, pd.Series] = {}
+
+    def __getitem__(self, key):
+        if not isinstance(key, str):
+            return self._frame[key]
+        col = self._columns.get(key)
+        if col is None:
+            col = self._columns[key] = self._frame[key]
+        return col
+
+    def __len__(self) -> int:
+        return len(self._frame)
+
+    def __getattr__(self, name: str):
+        return getattr(self._frame, name)
+
+
 def compute_features(bars: pd.DataFrame, names: Iterable[str]) -> pd.DataFrame:
     """Compute features for canonical bars of one or more symbols.
 
@@ -203,7 +227,7 @@ def compute_features(bars: pd.DataFrame, names: Iterable[str]) -> pd.DataFrame:
     n = len(ordered)
     values = np.full((len(specs), n), np.nan)
     for rows in _symbol_slices(ordered["symbol"].to_numpy()):
-        one_symbol = ordered.iloc[rows]
+        one_symbol = _ColumnCache(ordered.iloc[rows])
         for j, spec in enumerate(specs):
             result = np.asarray(spec.fn(one_symbol), dtype=np.float64)
             if result.shape != (rows.stop - rows.start,):
