@@ -121,14 +121,3 @@ def record_run(conn: psycopg.Connection, row: dict[str, Any]) -> None:
         """,
         {**row, "metrics": Jsonb(row.get("metrics", {}))},
     )
-
-
-def list_runs(conn: psycopg.Connection, limit: int = 20) -> list[dict[str, Any]]:
-    """The most recent pipeline runs."""
-    cur = conn.execute(
-        "SELECT workflow_id, run_id, config_name, status, started_at, finished_at, report_html"
-        " FROM runs ORDER BY started_at DESC LIMIT %s",
-        (limit,),
-    )
-    cols = [d.name for d in cur.description]
-    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]

@@ -18,7 +18,6 @@ import polars as pl
 from quanto.errors import InputError
 
 EXAMPLES_PER_RULE = 3
-KEY_COLUMNS = ("symbol", "ts")
 
 
 class ValidationFailed(InputError):
