@@ -113,3 +113,107 @@ class PipelineResult(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     stages: list[StageStatus] = Field(default_factory=list)
     results: dict[str, StageResult] = Field(default_factory=dict)
+
+
+# --- Ingestion (IngestionWorkflow) ---------------------------------------------------------------------
+
+
+class IngestRequest(BaseModel):
+    """Input of IngestionWorkflow. `today` is fixed by the starter so the plan is deterministic;
+    `cursor`, `totals` and `plan` carry progress across continue-as-new."""
+
+    config: dict[str, Any]
+    config_source: str = ""
+    config_name: str = ""
+    today: str
+    cursor: int = 0
+    totals: dict[str, int] = Field(default_factory=dict)
+    plan: IngestPlanRef | None = None
+    seconds_before: float = 0.0
+
+
+class IngestPlanRef(BaseModel):
+    """The partition plan, kept in the lake (it can hold tens of thousands of partitions)."""
+
+    path: str
+    partitions: int
+    batch_size: int
+    batches: int
+    route: str
+    reason: str
+    end: str
+
+
+class IngestBatchRequest(BaseModel):
+    """One fan-out unit: partitions [batch * batch_size, (batch + 1) * batch_size) of the plan."""
+
+    config: dict[str, Any]
+    plan: IngestPlanRef
+    batch: int
+
+
+class IngestBatchResult(BaseModel):
+    """What one batch did: partitions fetched or skipped (already in the lake), rows and requests."""
+
+    batch: int
+    fetched: int = 0
+    skipped: int = 0
+    rows: int = 0
+    rejected: int = 0
+    files: int = 0
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+
+
+class IngestProgress(BaseModel):
+    """Query `progress` of IngestionWorkflow."""
+
+    partitions: int = 0
+    batches: int = 0
+    batches_done: int = 0
+    fetched: int = 0
+    skipped: int = 0
+    rows: int = 0
+    rejected: int = 0
+    route: str = ""
+    stage: str = "planning"  # planning | fetching | streaming | finalizing | done
+
+
+class StreamRequest(BaseModel):
+    """Input of the live-stream activity: follow today's session, backfilling outages over REST."""
+
+    config: dict[str, Any]
+    today: str
+
+
+class StreamResult(BaseModel):
+    """What the live stream wrote."""
+
+    messages: int = 0
+    bars: int = 0
+    trades: int = 0
+    quotes: int = 0
+    depth: int = 0
+    reconnects: int = 0
+    gaps: int = 0
+    backfilled_rows: int = 0
+    rejected: int = 0
+    files: int = 0
+
+
+class IngestResult(BaseModel):
+    """Output of IngestionWorkflow; the run manifest in the lake has the full record."""
+
+    workflow_id: str
+    status: str
+    route: str
+    reason: str
+    partitions: int
+    totals: dict[str, int] = Field(default_factory=dict)
+    stream: StreamResult | None = None
+    manifest: str = ""
+    seconds: float = 0.0
+
+
+IngestRequest.model_rebuild()

@@ -6,8 +6,6 @@ stage's progress and its checkpoint details; a retried attempt receives those de
 
 from __future__ import annotations
 
-import contextvars
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,51 +13,11 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from quanto.activities.heartbeat import Heartbeat, resume_details
 from quanto.contracts import StageRequest, StageResult
 from quanto.errors import InputError
 from quanto.lake.materialize import StageContext, hydrate, slim
 from quanto.lake.storage import Lake
-
-
-class _Heartbeat:
-    """Heartbeats every `interval` seconds, and at once on progress, until stopped."""
-
-    def __init__(self, ctx: StageContext, interval: float):
-        self.ctx = ctx
-        self.interval = interval
-        self.latest: dict[str, Any] = {"done": 0, "total": 0, "note": "started"}
-        self._stop = threading.Event()
-        # The activity context lives in a contextvar: copy it so the thread may heartbeat.
-        context = contextvars.copy_context()
-        self._thread = threading.Thread(target=context.run, args=(self._loop,), daemon=True)
-
-    def payload(self) -> dict[str, Any]:
-        return {**self.latest, "details": self.ctx.heartbeat_details}
-
-    def progress(self, done: int, total: int, note: str = "") -> None:
-        self.latest = {"done": done, "total": total, "note": note}
-        activity.heartbeat(self.payload())
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            activity.heartbeat(self.payload())
-
-    def __enter__(self) -> _Heartbeat:
-        self.ctx.progress = self.progress
-        activity.heartbeat(self.payload())
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
-def _resume_details() -> Any:
-    details = activity.info().heartbeat_details
-    if details and isinstance(details[0], dict):
-        return details[0].get("details")
-    return None
 
 
 def execute_stage(name: str, req: StageRequest) -> StageResult:
@@ -75,10 +33,10 @@ def execute_stage(name: str, req: StageRequest) -> StageResult:
         lake=lake,
         workflow_id=info.workflow_id,
         run_id=info.workflow_run_id,
-        resume=_resume_details(),
+        resume=resume_details(),
     )
     timeout = info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else 30.0
-    with _Heartbeat(ctx, interval=max(0.5, timeout / 4)):
+    with Heartbeat(ctx, interval=max(0.5, timeout / 4)):
         try:
             # Long file lists stay in the manifest: payloads stay small whatever the universe size.
             return slim(STAGE_FUNCTIONS[name](req, ctx))

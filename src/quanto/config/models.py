@@ -310,6 +310,3 @@ class PipelineConfig(Strict):
     def workflow_id(self, kind: str = "pipeline") -> str:
         """Business key of the workflow: <kind>-<name>-<hash8> (kind `pipeline` or `validate`)."""
         return f"{kind}-{self.name}-{self.research_hash()[:8]}"
-
-
-CONFIG_KINDS: dict[str, type[BaseModel]] = {"pipeline": PipelineConfig}

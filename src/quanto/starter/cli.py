@@ -17,8 +17,9 @@ from typing import Annotated, Any
 
 import typer
 
+from quanto.config.ingest import IngestConfig
 from quanto.config.loading import ConfigError, load_config
-from quanto.config.models import CONFIG_KINDS, PipelineConfig
+from quanto.config.models import PipelineConfig
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Quanto: durable quant research on Temporal."
@@ -52,12 +53,29 @@ def _fail(as_json: bool, code: int, message: str) -> None:
     raise typer.Exit(code)
 
 
-def _load_pipeline(path: Path, as_json: bool) -> PipelineConfig:
+CONFIG_KINDS: dict[str, type] = {"pipeline": PipelineConfig, "ingest": IngestConfig}
+
+
+def _load(model: type, path: Path, as_json: bool) -> Any:
     try:
-        return load_config(PipelineConfig, path)
+        return load_config(model, path)
     except ConfigError as err:
         _fail(as_json, 2, str(err))
         raise  # unreachable: _fail exits
+
+
+def _load_pipeline(path: Path, as_json: bool) -> PipelineConfig:
+    return _load(PipelineConfig, path, as_json)
+
+
+def _lake_root(lake: Path | None) -> Path:
+    """--lake, else $QUANTO_LAKE_ROOT, else .quanto/lake."""
+    return (lake or Path(os.environ.get("QUANTO_LAKE_ROOT", ".quanto/lake"))).expanduser().resolve()
+
+
+LakeOption = Annotated[
+    Path | None, typer.Option("--lake", help="Lake folder (default $QUANTO_LAKE_ROOT or .quanto/lake).")
+]
 
 
 def _setup_logging() -> None:
@@ -324,6 +342,106 @@ def data_validate(
         )
     lines += [f"  {role}: {path}" for role, path in out["files"].items()]
     print("\n".join(lines))
+
+
+@data_app.command("ingest")
+def data_ingest(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Ingestion job file (YAML).")],
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow progress until the end.")] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Start IngestionWorkflow (ingest-<name>-<hash8>); a rerun skips partitions already in the lake."""
+    from quanto.starter.client import connect, ui_link
+    from quanto.starter.ingest import exchange_today, follow_ingest, result_json, start_ingest
+    from quanto.starter.pipeline import WorkflowFailureError
+
+    cfg = _load(IngestConfig, config, as_json)
+
+    async def main() -> tuple[dict, int]:
+        client = await connect()
+        handle = await start_ingest(client, cfg, str(config), exchange_today(cfg))
+        link = ui_link(handle.id)
+        if not as_json:
+            print(f"ingest {handle.id}\n  Web UI: {link}", file=sys.stderr)
+        if not wait:
+            return {"workflow_id": handle.id, "run_id": handle.result_run_id, "ui_url": link}, 0
+        try:
+            result = await follow_ingest(handle, echo=not as_json)
+        except WorkflowFailureError as err:
+            cause = err.cause
+            while getattr(cause, "cause", None) is not None:
+                cause = cause.cause
+            return {"workflow_id": handle.id, "status": "failed", "error": getattr(cause, "message", str(cause)),
+                    "ui_url": link}, 1  # fmt: skip
+        return result_json(result, link), 0
+
+    out, code = asyncio.run(main())
+    if as_json:
+        print(json.dumps(out, default=str))
+    elif code:
+        print(f"ingestion failed: {out['error']}\n  {out['ui_url']}", file=sys.stderr)
+    elif "totals" in out:
+        t = out["totals"]
+        print(
+            f"workflow {out['workflow_id']}: {out['status']} via {out['route']} ({out['reason']})\n"
+            f"  partitions {out['partitions']}: fetched {t['fetched']}, already in the lake {t['skipped']}\n"
+            f"  rows {t['rows']:,}, rejected {t['rejected']:,}, requests {t['requests']:,}, "
+            f"retries {t['retries']:,} (429s {t['throttled']:,}), {out['seconds']:.1f}s\n"
+            f"  manifest: {out['manifest']}"
+        )
+    else:
+        print(f"workflow {out['workflow_id']} started")
+    raise typer.Exit(code)
+
+
+@data_app.command("ls")
+def data_ls(lake: LakeOption = None, as_json: JsonFlag = False) -> None:
+    """Datasets in the lake: per dataset, vendor, timeframe and symbol, the range and row count."""
+    from quanto.data.catalog import list_datasets
+    from quanto.lake.storage import Lake
+
+    rows = list_datasets(Lake(_lake_root(lake)))
+    text = "\n".join(
+        f"{r['dataset']:<18} {r['vendor'] or '':<9} {r['timeframe'] or '':<6} {r['symbol'] or '':<12} "
+        f"{str(r['start'] or ''):<26} {str(r['end'] or ''):<26} {r['rows']:>12,}"
+        for r in rows
+    )
+    _emit(
+        as_json,
+        {"lake": str(_lake_root(lake)), "datasets": rows},
+        text or "the lake holds no ingested data yet",
+    )
+
+
+@data_app.command("sql")
+def data_sql(
+    query: Annotated[
+        str, typer.Argument(help='SQL over the lake, e.g. "SELECT symbol, count(*) FROM bars GROUP BY 1"')
+    ],
+    lake: LakeOption = None,
+    limit: Annotated[int, typer.Option("--limit", help="Rows to print at most.")] = 1000,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run SQL (DuckDB) over the lake's datasets: views bars, trades, quotes, depth, corporate_actions, …"""
+    from quanto.data.catalog import run_sql
+    from quanto.lake.storage import Lake
+
+    try:
+        out = run_sql(Lake(_lake_root(lake)), query, limit=limit)
+    except ValueError as err:
+        _fail(as_json, 2, f"sql: {err}")
+    if as_json:
+        print(json.dumps(out, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*out["columns"])
+    for row in out["rows"]:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    Console().print(table)
+    if out["truncated"]:
+        print(f"({out['row_count']:,} rows; the first {limit:,} shown)", file=sys.stderr)
 
 
 # --- features -----------------------------------------------------------------------------------------

@@ -121,3 +121,22 @@ def record_run(conn: psycopg.Connection, row: dict[str, Any]) -> None:
         """,
         {**row, "metrics": Jsonb(row.get("metrics", {}))},
     )
+
+
+def upsert_ingest_partition(conn: psycopg.Connection, row: dict[str, Any]) -> None:
+    """Insert or replace the row of one ingestion partition (what it covers, its files and counts)."""
+    conn.execute(
+        """
+        INSERT INTO ingest_partitions (partition_id, vendor, dataset, timeframe, symbols, period_start,
+                                       period_end, covered, rows, rejected, files, route, workflow_id,
+                                       run_id, updated_at)
+        VALUES (%(partition_id)s, %(vendor)s, %(dataset)s, %(timeframe)s, %(symbols)s, %(period_start)s,
+                %(period_end)s, %(covered)s, %(rows)s, %(rejected)s, %(files)s, %(route)s, %(workflow_id)s,
+                %(run_id)s, now())
+        ON CONFLICT (partition_id) DO UPDATE SET
+            covered = EXCLUDED.covered, rows = EXCLUDED.rows, rejected = EXCLUDED.rejected,
+            files = EXCLUDED.files, route = EXCLUDED.route, workflow_id = EXCLUDED.workflow_id,
+            run_id = EXCLUDED.run_id, updated_at = now()
+        """,
+        {**row, "covered": Jsonb(row["covered"]), "files": Jsonb(row["files"])},
+    )

@@ -15,11 +15,13 @@ from multiprocessing.managers import SyncManager
 from temporalio.client import Client
 from temporalio.worker import SharedStateManager, Worker
 
+from quanto.activities import ingest as ingest_acts
 from quanto.activities import pipeline as acts
 from quanto.contracts import ALL_QUEUES, PIPELINE_STAGES, QUEUE_CONTROL, QUEUE_IO
+from quanto.workflows.ingest import IngestionWorkflow
 from quanto.workflows.pipeline import ResearchPipelineWorkflow
 
-WORKFLOWS = {QUEUE_CONTROL: [ResearchPipelineWorkflow]}
+WORKFLOWS = {QUEUE_CONTROL: [ResearchPipelineWorkflow, IngestionWorkflow]}
 PROCESS_POOL_QUEUES = {"quanto-compute"}
 HEARTBEAT_THROTTLE = timedelta(seconds=2)
 
@@ -40,6 +42,7 @@ def activities_by_queue() -> dict[str, list]:
     for spec in PIPELINE_STAGES:
         out.setdefault(spec.queue, []).append(acts.STAGE_ACTIVITIES[spec.name])
     out.setdefault(QUEUE_IO, []).append(acts.record_run)
+    out[QUEUE_IO].extend(ingest_acts.INGEST_ACTIVITIES)
     return out
 
 

@@ -1,0 +1,1 @@
+"""Local servers that speak vendors' documented wire formats, for tests and benchmarks."""
