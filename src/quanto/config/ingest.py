@@ -10,7 +10,8 @@ import datetime as dt
 import hashlib
 import json
 import os
-from typing import Any, Literal
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
@@ -36,6 +37,8 @@ VENDOR_DATASETS: dict[str, tuple[str, ...]] = {
     "synthetic": ("bars",),
 }
 INGEST_TIMEFRAMES = ("1min", "5min", "15min", "1h", "1d")
+REQUIRED_COLUMNS = ("ts", "open", "high", "low", "close", "volume")  # what a user's bar file must map
+OPTIONAL_COLUMNS = ("symbol", "vwap", "trades")
 
 
 class RestSettings(Strict):
@@ -107,6 +110,69 @@ class KiteSettings(Strict):
     stream: StreamSettings = StreamSettings()
 
 
+class FileImportSpec(Strict):
+    """Bars from the user's own CSV or Parquet files: which files, which columns, which clock."""
+
+    paths: list[str] = Field(min_length=1, description="files or glob patterns (`**` recurses)")
+    format: Literal["csv", "parquet", "auto"] = Field("auto", description="auto: by file suffix")
+    columns: dict[str, str] = Field(
+        description="canonical column -> the file's column; required: ts, open, high, low, close, volume; "
+        "optional: symbol, vwap, trades"
+    )
+    symbol: str | None = Field(
+        None, description="the symbol of every row, when the file has no symbol column"
+    )
+    timezone: str = Field(
+        description="IANA zone of naive timestamps, e.g. America/New_York; aware ones are converted"
+    )
+    ts_format: str | None = Field(
+        None, description="strptime format, or unix_s/unix_ms/unix_us/unix_ns; None = ISO 8601 only"
+    )
+    timeframe: Literal["1min", "5min", "15min", "1h", "1d"]
+    ts_is: Literal["open", "close"] = Field(
+        "open", description="what the file's timestamp marks; canonical ts is the bar open"
+    )
+    vendor: str = "files"
+    csv_separator: str = Field(",", min_length=1, max_length=1)
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(REQUIRED_COLUMNS) - set(OPTIONAL_COLUMNS))
+        if unknown:
+            raise ValueError(
+                f"unknown canonical column(s) {unknown}; map {list(REQUIRED_COLUMNS)} and optionally "
+                f"{list(OPTIONAL_COLUMNS)}"
+            )
+        missing = [c for c in REQUIRED_COLUMNS if c not in v]
+        if missing:
+            raise ValueError(f"columns must map {missing} to the file's column names")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ValueError(f"unknown timezone {v!r}; use an IANA name such as 'America/New_York'") from e
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FileImportSpec:
+        if ("symbol" in self.columns) == (self.symbol is not None):
+            raise ValueError(
+                "set exactly one of columns.symbol (a symbol column) and symbol (one constant symbol)"
+            )
+        if self.symbol is not None and not self.symbol.strip():
+            raise ValueError("symbol must not be empty")
+        if self.ts_is == "close" and self.timeframe == "1d":
+            raise ValueError(
+                "ts_is: close needs an intraday timeframe; daily files are stamped with the session date"
+            )
+        return self
+
+
 class RoutingConfig(Strict):
     """How each partition is fetched. `auto`: flat files for large historical ranges when configured,
     REST otherwise; the live stream only follows today's session (`stream.enabled`)."""
@@ -126,7 +192,9 @@ class PartitionSettings(Strict):
     per_activity: int = Field(8, ge=1, le=1000, description="partitions handled by one activity")
     max_parallel: int = Field(4, ge=1, le=256, description="activities in flight at once")
     batches_per_run: int = Field(
-        500, ge=1, description="activities per workflow run before it continues-as-new (keeps histories small)"
+        500,
+        ge=1,
+        description="activities per workflow run before it continues-as-new (keeps histories small)",
     )
 
 
@@ -149,9 +217,7 @@ class IngestConfig(Strict):
     alpaca: AlpacaSettings = AlpacaSettings()
     polygon: PolygonSettings = PolygonSettings()
     kite: KiteSettings = KiteSettings()
-    files: dict[str, Any] | None = Field(
-        None, description="vendor files: paths, format, column mapping, timezone (see quanto.data.files)"
-    )
+    files: FileImportSpec | None = Field(None, description="vendor files: paths, format, columns, timezone")
     synthetic: SyntheticSpec = SyntheticSpec()
     routing: RoutingConfig = RoutingConfig()
     partitions: PartitionSettings = PartitionSettings()
@@ -180,12 +246,8 @@ class IngestConfig(Strict):
         flat = self.vendor == "polygon" and self.polygon.flat_files is not None
         if needs_symbols and not self.symbols and not (flat and self.dataset == "bars"):
             raise ValueError(f"symbols: vendor {self.vendor!r} dataset {self.dataset!r} needs symbols")
-        if self.vendor == "files":
-            if self.files is None:
-                raise ValueError("files: vendor 'files' needs a files section (paths, columns, timezone)")
-            from quanto.data.files import FileImportSpec  # the spec lives beside its reader
-
-            FileImportSpec.model_validate(self.files)
+        if self.vendor == "files" and self.files is None:
+            raise ValueError("files: vendor 'files' needs a files section (paths, columns, timezone)")
         if self.vendor == "synthetic" and self.timeframe != "1min":
             raise ValueError("the synthetic vendor generates 1min bars; set timeframe: 1min")
         if self.routing.mode == "flat_files" and not flat:

@@ -27,12 +27,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from quanto.config.ingest import FileImportSpec
 from quanto.data.schemas import BAR_SCHEMA, conform
 from quanto.errors import InputError
 
@@ -41,8 +40,6 @@ PARSE_QUARANTINE_SCHEMA = pl.Schema(
     {"source": pl.String, "line": pl.Int64, "raw": pl.String, "reason": pl.String}
 )
 
-REQUIRED_COLUMNS = ("ts", "open", "high", "low", "close", "volume")
-OPTIONAL_COLUMNS = ("symbol", "vwap", "trades")
 TIMEFRAME_DURATIONS = {"1min": "1m", "5min": "5m", "15min": "15m", "1h": "1h", "1d": "1d"}  # polars durations
 EPOCH_FORMATS = {"unix_s": "s", "unix_ms": "ms", "unix_us": "us", "unix_ns": "ns"}
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz")
@@ -474,71 +471,6 @@ def parse_text_table(
 
 
 # --- user files ---
-
-
-class FileImportSpec(BaseModel):
-    """Bars from the user's own CSV or Parquet files: which files, which columns, which clock."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    paths: list[str] = Field(min_length=1, description="files or glob patterns (`**` recurses)")
-    format: Literal["csv", "parquet", "auto"] = Field("auto", description="auto: by file suffix")
-    columns: dict[str, str] = Field(
-        description="canonical column -> the file's column; required: ts, open, high, low, close, volume; "
-        "optional: symbol, vwap, trades"
-    )
-    symbol: str | None = Field(
-        None, description="the symbol of every row, when the file has no symbol column"
-    )
-    timezone: str = Field(
-        description="IANA zone of naive timestamps, e.g. America/New_York; aware ones are converted"
-    )
-    ts_format: str | None = Field(
-        None, description="strptime format, or unix_s/unix_ms/unix_us/unix_ns; None = ISO 8601 only"
-    )
-    timeframe: Literal["1min", "5min", "15min", "1h", "1d"]
-    ts_is: Literal["open", "close"] = Field(
-        "open", description="what the file's timestamp marks; canonical ts is the bar open"
-    )
-    vendor: str = "files"
-    csv_separator: str = Field(",", min_length=1, max_length=1)
-
-    @field_validator("columns")
-    @classmethod
-    def _known_columns(cls, v: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(v) - set(REQUIRED_COLUMNS) - set(OPTIONAL_COLUMNS))
-        if unknown:
-            raise ValueError(
-                f"unknown canonical column(s) {unknown}; map {list(REQUIRED_COLUMNS)} and optionally "
-                f"{list(OPTIONAL_COLUMNS)}"
-            )
-        missing = [c for c in REQUIRED_COLUMNS if c not in v]
-        if missing:
-            raise ValueError(f"columns must map {missing} to the file's column names")
-        return v
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_timezone(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as e:
-            raise ValueError(f"unknown timezone {v!r}; use an IANA name such as 'America/New_York'") from e
-        return v
-
-    @model_validator(mode="after")
-    def _consistent(self) -> FileImportSpec:
-        if ("symbol" in self.columns) == (self.symbol is not None):
-            raise ValueError(
-                "set exactly one of columns.symbol (a symbol column) and symbol (one constant symbol)"
-            )
-        if self.symbol is not None and not self.symbol.strip():
-            raise ValueError("symbol must not be empty")
-        if self.ts_is == "close" and self.timeframe == "1d":
-            raise ValueError(
-                "ts_is: close needs an intraday timeframe; daily files are stamped with the session date"
-            )
-        return self
 
 
 @dataclass(frozen=True)

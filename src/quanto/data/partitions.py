@@ -139,7 +139,7 @@ def vendor_settings(cfg: IngestConfig) -> dict[str, Any]:
     if cfg.vendor == "kite":
         return {"exchange": cfg.kite.exchange}
     if cfg.vendor == "files":
-        return {"files": cfg.files}
+        return {"files": cfg.files.model_dump(mode="json") if cfg.files else None}
     if cfg.vendor == "synthetic":
         return {"synthetic": cfg.synthetic.model_dump(mode="json")}
     return {}
