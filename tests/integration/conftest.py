@@ -16,7 +16,8 @@ import yaml
 
 from quanto.config.models import PipelineConfig
 from quanto.starter.client import connect
-from tests.conftest import start_worker
+from quanto.starter.server import DevServer
+from tests.conftest import free_port, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -92,6 +93,16 @@ def session_worker(temporal_server, pg_dsn, tmp_path_factory) -> Iterator[subpro
     # After running real activities (process pool and manager alive) the worker still stops cleanly
     # when the whole group is signalled, as with Ctrl-C.
     assert stop_process_group(proc, signal.SIGINT, wait_s=20) == 0
+
+
+@pytest.fixture
+def own_server(tmp_path, monkeypatch):
+    """A dev server of this test alone (no other worker may poll it), persisted to SQLite."""
+    server = DevServer(state_dir=tmp_path / "temporal", port=free_port(), ui_port=0)
+    server.start()
+    monkeypatch.setenv("TEMPORAL_ADDRESS", server.address)
+    yield server
+    server.stop()
 
 
 async def pending_activity(handle, activity_type: str) -> Any | None:

@@ -16,9 +16,8 @@ from quanto.lake.materialize import StageContext
 from quanto.lake.storage import Lake
 from quanto.research import run_pipeline_local
 from quanto.starter.pipeline import start_pipeline
-from quanto.starter.server import DevServer
 from quanto.store.db import connect as db_connect
-from tests.conftest import free_port, start_worker
+from tests.conftest import start_worker
 from tests.integration.conftest import (
     INTRADAY,
     connect,
@@ -31,16 +30,6 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.integration
 
 BEFORE_KILL = ("ingest", "validate", "features", "labels", "train")
-
-
-@pytest.fixture
-def own_server(tmp_path, monkeypatch):
-    """A dev server of this test alone (no other worker may poll it), persisted to SQLite."""
-    server = DevServer(state_dir=tmp_path / "temporal", port=free_port(), ui_port=0)
-    server.start()
-    monkeypatch.setenv("TEMPORAL_ADDRESS", server.address)
-    yield server
-    server.stop()
 
 
 def manifests_by_stage(lake: Lake) -> dict[str, dict]:

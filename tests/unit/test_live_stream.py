@@ -1,0 +1,96 @@
+"""The live stream end to end without Temporal: a fake Alpaca WebSocket drops the connection for three
+minutes; the follower reconnects, reports the gap, backfills it from the (fake) REST API, and the lake
+ends up with every minute exactly once."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+import polars as pl
+
+from quanto.config.ingest import IngestConfig
+from quanto.data.catalog import open_catalog
+from quanto.data.live import follow_stream
+from quanto.lake.storage import Lake
+from tests.fakes.vendor_http import ALPACA_KEY_ID, ALPACA_SECRET_KEY, FakeVendorServer
+from tests.fakes.vendor_ws import FakeAlpacaServer
+
+START = dt.datetime(2024, 1, 2, 14, 30, tzinfo=dt.UTC)  # a regular session minute of both fakes
+
+
+def _until_done(server, grace_s: float = 0.5):
+    """cancelled(): true shortly after the fake sent its last step (frames in flight get read)."""
+    seen: list[float] = []
+
+    def cancelled() -> bool:
+        if server.done and not seen:
+            seen.append(time.monotonic())
+        return bool(seen) and time.monotonic() - seen[0] > grace_s
+
+    return cancelled
+
+
+def test_outage_is_backfilled_over_rest_and_nothing_is_doubled(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALPACA_API_KEY_ID", ALPACA_KEY_ID)
+    monkeypatch.setenv("ALPACA_API_SECRET_KEY", ALPACA_SECRET_KEY)
+    symbols = ["AAPL", "MSFT"]
+    ws = FakeAlpacaServer(
+        symbols, START, steps=20, outages={6: 3}, credentials={"key": ALPACA_KEY_ID, "secret": ALPACA_SECRET_KEY}
+    )
+    with FakeVendorServer() as rest, ws:
+        cfg = IngestConfig.model_validate(
+            {
+                "name": "live",
+                "lake_root": str(tmp_path / "lake"),
+                "vendor": "alpaca",
+                "symbols": symbols,
+                "timeframe": "1min",
+                "start": "2024-01-02",
+                "alpaca": {
+                    "rest": {"base_url": rest.base_url, "rate_per_s": 100, "burst": 100},
+                    "stream": {
+                        "enabled": True,
+                        "url": ws.url,
+                        "channels": ["bars"],
+                        "flush_rows": 8,
+                        "duration_s": 60,
+                        "reconnect_initial_s": 0.05,
+                    },
+                },
+            }
+        )
+        beats: list[dict] = []
+        result = follow_stream(
+            cfg, Lake(cfg.lake_root), START.date(), heartbeat=beats.append, cancelled=_until_done(ws), record=False
+        )
+        skipped, sent = ws.skipped_bars(), ws.sent_bars()
+        backfill_oracle = pl.concat(
+            [
+                rest.expected_bars("alpaca", s, "1min", START + dt.timedelta(minutes=6), START + dt.timedelta(minutes=9))
+                for s in symbols
+            ]
+        )
+    assert skipped.height == 3 * len(symbols)
+    assert result.reconnects >= 1 and result.gaps == len(symbols)
+    assert result.backfilled_rows == skipped.height
+    lake_bars = pl.from_arrow(open_catalog(Lake(cfg.lake_root)).sql("SELECT * FROM bars").arrow())
+    keys = lake_bars.select("symbol", "ts")
+    assert keys.height == keys.unique().height == 20 * len(symbols)  # every minute, once
+    streamed = lake_bars.join(sent.select("symbol", "ts"), on=["symbol", "ts"], how="semi").sort("symbol", "ts")
+    assert streamed.select("open", "close", "volume").equals(
+        sent.sort("symbol", "ts").select("open", "close", "volume")
+    )
+    filled = lake_bars.join(skipped.select("symbol", "ts"), on=["symbol", "ts"], how="semi").sort("symbol", "ts")
+    assert filled.select("open", "close", "volume").equals(
+        backfill_oracle.sort("symbol", "ts").select("open", "close", "volume")
+    )
+    assert any(b.get("state") == "streaming" for b in beats)
+    # Keys were sent to both servers and appear in no file the follower wrote.
+    for path in Lake(cfg.lake_root).root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert ALPACA_KEY_ID.encode() not in data and ALPACA_SECRET_KEY.encode() not in data, path
+    manifest = next(Lake(cfg.lake_root).abspath("manifests/ingest_partition").rglob("*.json"))
+    assert json.loads(manifest.read_text())["partition"]["route"] == "stream"
