@@ -257,3 +257,36 @@ def _raw(tmp_path: Path) -> dict:
         "start": "2024-01-01",
         "end": "2024-02-01",
     }
+
+
+def test_pipeline_reads_the_ingested_lake_adjusted_by_ingested_dividends(tmp_path, monkeypatch):
+    from quanto.config.models import UniverseConfig
+    from quanto.data.ingest import read_lake_bars
+    from tests.fakes.vendor_http import POLYGON_API_KEY, FakeVendorServer
+
+    monkeypatch.setenv("POLYGON_API_KEY", POLYGON_API_KEY)
+    lake = Lake(tmp_path / "lake")
+    with FakeVendorServer() as rest:
+        for dataset in ("bars", "corporate_actions"):
+            cfg = cfg_for(
+                tmp_path,
+                vendor="polygon",
+                dataset=dataset,
+                symbols=["AAPL"],
+                start="2024-01-02",
+                end="2024-03-01",
+                polygon={"rest": {"base_url": rest.base_url}},
+            )
+            ingest_sync(plan(cfg, TODAY).partitions, cfg, RunContext(lake=lake, record=False))
+    universe = {"vendor": "lake", "source": "polygon", "symbols": ["AAPL"], "start": "2024-01-02", "end": "2024-03-01"}
+    raw, note = read_lake_bars(lake, UniverseConfig.model_validate({**universe, "adjustment": "raw"}))
+    adj, note = read_lake_bars(lake, UniverseConfig.model_validate(universe))
+    sessions = len(trading_days("XNYS", D(2024, 1, 2), D(2024, 3, 1)))
+    assert raw.height == adj.height == sessions and note["actions_applied"] >= 1
+    # AAPL paid $0.24 with ex-date 2024-02-09: earlier closes scale by 1 - 0.24 / (close of 02-08).
+    ex = dt.datetime(2024, 2, 9, 5, tzinfo=dt.UTC)
+    prev_close = raw.filter(pl.col("ts") < ex)["close"][-1]
+    before = (adj.filter(pl.col("ts") < ex)["close"] / raw.filter(pl.col("ts") < ex)["close"]).unique()
+    after = (adj.filter(pl.col("ts") >= ex)["close"] / raw.filter(pl.col("ts") >= ex)["close"]).unique()
+    assert (before - (1 - 0.24 / prev_close)).abs().max() < 1e-12
+    assert after.to_list() == [1.0]

@@ -8,7 +8,13 @@ import numpy as np
 import pandas as pd
 
 # Timeframe → bars per year: 252 sessions; US equities trade 6.5 hours = 78 five-minute = 390 one-minute bars.
-_PERIODS_PER_YEAR = {"1d": 252.0, "1h": 252.0 * 6.5, "5min": 252.0 * 78, "1min": 252.0 * 390}
+_PERIODS_PER_YEAR = {
+    "1d": 252.0,
+    "1h": 252.0 * 6.5,
+    "15min": 252.0 * 26,
+    "5min": 252.0 * 78,
+    "1min": 252.0 * 390,
+}
 
 # A drawdown "ends" when equity is back within this relative distance of its peak; it absorbs the float
 # noise of compounding (1.1 * (1/1.1) is not exactly 1) without hiding any real loss.

@@ -36,7 +36,6 @@ VENDOR_DATASETS: dict[str, tuple[str, ...]] = {
     "sample": ("bars",),
     "synthetic": ("bars",),
 }
-INGEST_TIMEFRAMES = ("1min", "5min", "15min", "1h", "1d")
 REQUIRED_COLUMNS = ("ts", "open", "high", "low", "close", "volume")  # what a user's bar file must map
 OPTIONAL_COLUMNS = ("symbol", "vwap", "trades")
 

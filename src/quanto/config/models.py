@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-TIMEFRAMES = ("1min", "5min", "1h", "1d")
+TIMEFRAMES = ("1min", "5min", "15min", "1h", "1d")
 
 
 class Strict(BaseModel):
@@ -33,11 +33,18 @@ class SyntheticSpec(Strict):
 class UniverseConfig(Strict):
     """What to ingest: vendor, symbols, timeframe and the date range (inclusive start, exclusive end)."""
 
-    vendor: Literal["sample", "synthetic"] = "sample"
+    vendor: Literal["sample", "synthetic", "lake"] = Field(
+        "sample", description="lake: bars that `quanto data ingest` brought into lake_root"
+    )
+    source: str | None = Field(
+        None, description="vendor: lake: which ingested vendor's bars to read (alpaca, polygon, ...)"
+    )
     symbols: list[str] = Field(min_length=1)
-    timeframe: Literal["1min", "5min", "1h", "1d"] = "1d"
-    adjustment: Literal["raw", "all"] = Field(
-        "all", description="sample vendor: 'all' = split- and dividend-adjusted prices, 'raw' = as shipped"
+    timeframe: Literal["1min", "5min", "15min", "1h", "1d"] = "1d"
+    adjustment: Literal["raw", "split", "all"] = Field(
+        "all",
+        description="'all' = split- and dividend-adjusted prices, 'split' = split-adjusted only (lake), "
+        "'raw' = as delivered",
     )
     start: dt.date
     end: dt.date
@@ -58,6 +65,10 @@ class UniverseConfig(Strict):
             raise ValueError(f"end ({self.end}) must be after start ({self.start})")
         if self.vendor == "synthetic" and self.timeframe != "1min":
             raise ValueError("the synthetic vendor generates 1min bars; set timeframe: 1min")
+        if (self.vendor == "lake") != (self.source is not None):
+            raise ValueError("set source (the ingested vendor) exactly when vendor is lake")
+        if self.adjustment == "split" and self.vendor != "lake":
+            raise ValueError("adjustment: split needs vendor lake (corporate actions from ingestion)")
         return self
 
 

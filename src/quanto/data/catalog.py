@@ -15,6 +15,7 @@ from typing import Any
 
 import duckdb
 
+from quanto.contracts import FileRef
 from quanto.lake.storage import Lake
 
 # Row identity per dataset; views keep one row per key when partitions overlap.
@@ -163,4 +164,17 @@ def list_datasets(lake: Lake) -> list[dict[str, Any]]:
                     "rows": row[len(group) + 2],
                 }
             )
+    return out
+
+
+def dataset_refs(lake: Lake, kind: str, vendor: str | None = None) -> list[FileRef]:
+    """Current files of one dataset kind (optionally one vendor's) with their hashes: what a stage that
+    reads the lake depends on, so new data changes its key."""
+    out: list[FileRef] = []
+    for m in partition_manifests(lake):
+        if vendor is not None and m["partition"]["vendor"] != vendor:
+            continue
+        for f in m["files"]:
+            if f["role"] == kind:
+                out.append(FileRef(path=f["path"], sha256=f["sha256"], rows=f["rows"], role=kind))
     return out

@@ -1,14 +1,20 @@
-"""The ingest stage: fetch bars from the configured vendor into the bronze layer, one file per symbol-year."""
+"""The pipeline's ingest stage: bars of the universe into the bronze layer, one file per symbol-year, from
+the packaged sample, the synthetic generator, or the lake that `quanto data ingest` filled."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
+import polars as pl
 
 from quanto.config.models import PipelineConfig, UniverseConfig
 from quanto.contracts import StageRequest, StageResult
-from quanto.data.schemas import bars_to_table
+from quanto.data.schemas import BAR_SCHEMA, bars_to_table
+from quanto.data.sources import day_start, exchange_tz
 from quanto.errors import InputError
 from quanto.lake.materialize import Materialized, StageContext, materialize
+from quanto.lake.storage import Lake
 
 
 def fetch_bars(universe: UniverseConfig, symbols: list[str]) -> pd.DataFrame:
@@ -27,10 +33,50 @@ def bronze_folder(vendor: str, timeframe: str, symbol: str, year: int) -> str:
     return f"bronze/bars/vendor={vendor}/timeframe={timeframe}/symbol={symbol}/year={year}"
 
 
+def read_lake_bars(lake: Lake, universe: UniverseConfig) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """The universe's bars from what `quanto data ingest` brought into the lake (vendor `lake`),
+    adjusted for splits (and dividends) from the ingested corporate actions when asked; raw otherwise."""
+    from quanto.data.catalog import open_catalog
+
+    con = open_catalog(lake)
+    views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    if "bars" not in views:
+        raise InputError(
+            f"universe: the lake {lake.root} holds no ingested bars; run `quanto data ingest` first"
+        )
+    tz = exchange_tz("XNYS")
+    bars = con.execute(
+        "SELECT * FROM bars WHERE vendor = ? AND timeframe = ? AND list_contains(?, symbol)"
+        " AND CAST(ts AS TIMESTAMPTZ) >= ? AND CAST(ts AS TIMESTAMPTZ) < ? ORDER BY symbol, ts",
+        [universe.source, universe.timeframe, universe.symbols, day_start(universe.start, tz),
+         day_start(universe.end, tz)],
+    ).to_arrow_table()  # fmt: skip
+    bars = pl.from_arrow(bars)
+    note: dict[str, Any] = {"source": universe.source, "adjustment": universe.adjustment}
+    if universe.adjustment == "raw" or bars.is_empty():
+        return bars, note
+    if "corporate_actions" not in views:
+        note["adjustment"] = "raw (no corporate actions ingested for this vendor)"
+        return bars, note
+    from quanto.data.adjust import adjust_bars
+
+    actions = con.execute(
+        "SELECT * FROM corporate_actions WHERE vendor = ? AND list_contains(?, symbol)",
+        [universe.source, universe.symbols],
+    ).to_arrow_table()
+    actions = pl.from_arrow(actions)
+    adjusted, skipped = adjust_bars(bars, actions, mode=universe.adjustment)
+    note["actions_applied"] = actions.height - skipped.height
+    note["actions_skipped"] = skipped.to_dicts()
+    return adjusted, note
+
+
 def run_ingest(req: StageRequest, ctx: StageContext) -> StageResult:
     """Ingest the job's universe; skipped when the same universe was already ingested."""
     cfg = PipelineConfig.model_validate(req.config)
     u = cfg.universe
+    if u.vendor == "lake":
+        return _ingest_from_lake(u, ctx)
 
     def compute(key: str) -> Materialized:
         outputs, rows, empty = [], 0, []
@@ -54,3 +100,37 @@ def run_ingest(req: StageRequest, ctx: StageContext) -> StageResult:
         )
 
     return materialize("ingest", ctx, [], u.model_dump(mode="json"), compute)
+
+
+def _ingest_from_lake(u: UniverseConfig, ctx: StageContext) -> StageResult:
+    """The universe's slice of the ingested lake, one file per symbol-year. The stage depends on the
+    ingested files (their hashes are its inputs), so a nightly top-up re-runs it and nothing else does."""
+    from quanto.data.catalog import dataset_refs
+
+    inputs = dataset_refs(ctx.lake, "bars", u.source)
+    if u.adjustment != "raw":
+        inputs += dataset_refs(ctx.lake, "corporate_actions", u.source)
+
+    def compute(key: str) -> Materialized:
+        bars, note = read_lake_bars(ctx.lake, u)
+        if bars.is_empty():
+            raise InputError(
+                f"universe: the lake has no {u.source} {u.timeframe} bars for {u.symbols} between {u.start} and {u.end}"
+            )
+        outputs = []
+        for (symbol, year), part in bars.group_by(["symbol", pl.col("ts").dt.year()], maintain_order=True):
+            folder = f"bronze/bars/vendor=lake-{u.source}/timeframe={u.timeframe}/symbol={symbol}/year={year}"
+            outputs.append(ctx.lake.write_table(folder, part.to_arrow().cast(BAR_SCHEMA), role="bars"))
+        present = set(bars["symbol"].unique().to_list())
+        return Materialized(
+            outputs,
+            counters={"rows": bars.height, "symbols": len(present), "files": len(outputs)},
+            summary={
+                "empty_symbols": [s for s in u.symbols if s not in present],
+                "vendor": "lake",
+                "timeframe": u.timeframe,
+                **note,
+            },  # fmt: skip
+        )
+
+    return materialize("ingest", ctx, inputs, u.model_dump(mode="json"), compute)

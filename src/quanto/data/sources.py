@@ -174,6 +174,10 @@ class Sources:
             return await asyncio.to_thread(_flat_day, self._adapter, part, start)
         return await _rest(self._adapter, cfg, part, day_start(start, tz), day_start(end, tz))
 
+    async def instruments(self) -> pl.DataFrame:
+        """Kite's instrument list (tokens for the ticker stream)."""
+        return (await self._adapter.instruments()).frame
+
     async def fetch_bars(
         self, symbol: str, timeframe: str, start: dt.datetime, end: dt.datetime
     ) -> PartitionData:
