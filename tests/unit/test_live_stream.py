@@ -1,4 +1,4 @@
-"""The live stream end to end without Temporal: a fake Alpaca WebSocket drops the connection for three
+"""The live stream end to end without Temporal: a fake vendor WebSocket drops the connection for three
 minutes; the follower reconnects, reports the gap, backfills it from the (fake) REST API, and the lake
 ends up with every minute exactly once."""
 
@@ -9,13 +9,14 @@ import json
 import time
 
 import polars as pl
+import pytest
 
 from quanto.config.ingest import IngestConfig
 from quanto.data.catalog import open_catalog
 from quanto.data.live import follow_stream
 from quanto.lake.storage import Lake
-from tests.fakes.vendor_http import ALPACA_KEY_ID, ALPACA_SECRET_KEY, FakeVendorServer
-from tests.fakes.vendor_ws import FakeAlpacaServer
+from tests.fakes.vendor_http import ALPACA_KEY_ID, ALPACA_SECRET_KEY, POLYGON_API_KEY, FakeVendorServer
+from tests.fakes.vendor_ws import FakeAlpacaServer, FakePolygonServer
 
 START = dt.datetime(2024, 1, 2, 14, 30, tzinfo=dt.UTC)  # a regular session minute of both fakes
 
@@ -32,23 +33,34 @@ def _until_done(server, grace_s: float = 0.5):
     return cancelled
 
 
-def test_outage_is_backfilled_over_rest_and_nothing_is_doubled(tmp_path, monkeypatch):
-    monkeypatch.setenv("ALPACA_API_KEY_ID", ALPACA_KEY_ID)
-    monkeypatch.setenv("ALPACA_API_SECRET_KEY", ALPACA_SECRET_KEY)
+VENDORS = {
+    # vendor: (fake stream server, its credentials, the environment the worker reads)
+    "alpaca": (
+        FakeAlpacaServer,
+        {"key": ALPACA_KEY_ID, "secret": ALPACA_SECRET_KEY},
+        {"ALPACA_API_KEY_ID": ALPACA_KEY_ID, "ALPACA_API_SECRET_KEY": ALPACA_SECRET_KEY},
+    ),
+    "polygon": (FakePolygonServer, {"key": POLYGON_API_KEY}, {"POLYGON_API_KEY": POLYGON_API_KEY}),
+}
+
+
+@pytest.mark.parametrize("vendor", sorted(VENDORS))
+def test_outage_is_backfilled_over_rest_and_nothing_is_doubled(vendor, tmp_path, monkeypatch):
+    server_type, credentials, env = VENDORS[vendor]
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
     symbols = ["AAPL", "MSFT"]
-    ws = FakeAlpacaServer(
-        symbols, START, steps=20, outages={6: 3}, credentials={"key": ALPACA_KEY_ID, "secret": ALPACA_SECRET_KEY}
-    )
+    ws = server_type(symbols, START, steps=20, outages={6: 3}, credentials=credentials)
     with FakeVendorServer() as rest, ws:
         cfg = IngestConfig.model_validate(
             {
                 "name": "live",
                 "lake_root": str(tmp_path / "lake"),
-                "vendor": "alpaca",
+                "vendor": vendor,
                 "symbols": symbols,
                 "timeframe": "1min",
                 "start": "2024-01-02",
-                "alpaca": {
+                vendor: {
                     "rest": {"base_url": rest.base_url, "rate_per_s": 100, "burst": 100},
                     "stream": {
                         "enabled": True,
@@ -63,12 +75,19 @@ def test_outage_is_backfilled_over_rest_and_nothing_is_doubled(tmp_path, monkeyp
         )
         beats: list[dict] = []
         result = follow_stream(
-            cfg, Lake(cfg.lake_root), START.date(), heartbeat=beats.append, cancelled=_until_done(ws), record=False
+            cfg,
+            Lake(cfg.lake_root),
+            START.date(),
+            heartbeat=beats.append,
+            cancelled=_until_done(ws),
+            record=False,
         )
         skipped, sent = ws.skipped_bars(), ws.sent_bars()
         backfill_oracle = pl.concat(
             [
-                rest.expected_bars("alpaca", s, "1min", START + dt.timedelta(minutes=6), START + dt.timedelta(minutes=9))
+                rest.expected_bars(
+                    vendor, s, "1min", START + dt.timedelta(minutes=6), START + dt.timedelta(minutes=9)
+                )
                 for s in symbols
             ]
         )
@@ -78,11 +97,15 @@ def test_outage_is_backfilled_over_rest_and_nothing_is_doubled(tmp_path, monkeyp
     lake_bars = pl.from_arrow(open_catalog(Lake(cfg.lake_root)).sql("SELECT * FROM bars").arrow())
     keys = lake_bars.select("symbol", "ts")
     assert keys.height == keys.unique().height == 20 * len(symbols)  # every minute, once
-    streamed = lake_bars.join(sent.select("symbol", "ts"), on=["symbol", "ts"], how="semi").sort("symbol", "ts")
+    streamed = lake_bars.join(sent.select("symbol", "ts"), on=["symbol", "ts"], how="semi").sort(
+        "symbol", "ts"
+    )
     assert streamed.select("open", "close", "volume").equals(
         sent.sort("symbol", "ts").select("open", "close", "volume")
     )
-    filled = lake_bars.join(skipped.select("symbol", "ts"), on=["symbol", "ts"], how="semi").sort("symbol", "ts")
+    filled = lake_bars.join(skipped.select("symbol", "ts"), on=["symbol", "ts"], how="semi").sort(
+        "symbol", "ts"
+    )
     assert filled.select("open", "close", "volume").equals(
         backfill_oracle.sort("symbol", "ts").select("open", "close", "volume")
     )
@@ -91,6 +114,6 @@ def test_outage_is_backfilled_over_rest_and_nothing_is_doubled(tmp_path, monkeyp
     for path in Lake(cfg.lake_root).root.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
-            assert ALPACA_KEY_ID.encode() not in data and ALPACA_SECRET_KEY.encode() not in data, path
+            assert not any(secret.encode() in data for secret in env.values()), path
     manifest = next(Lake(cfg.lake_root).abspath("manifests/ingest_partition").rglob("*.json"))
     assert json.loads(manifest.read_text())["partition"]["route"] == "stream"
