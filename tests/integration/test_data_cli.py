@@ -64,6 +64,8 @@ def test_ingest_then_ls_and_sql_over_the_lake(session_worker, tmp_path):
 
 
 def test_bad_ingest_job_exits_2_naming_the_key(tmp_path):
-    (tmp_path / "bad.yaml").write_text("name: x\nvendor: alpaca\nsymbols: [AAPL]\nstart: 2024-01-01\ndataset: quotes\n")
+    (tmp_path / "bad.yaml").write_text(
+        "name: x\nvendor: alpaca\nsymbols: [AAPL]\nstart: 2024-01-01\ndataset: quotes\n"
+    )
     run = quanto("data", "ingest", "-c", "bad.yaml", "--json", cwd=tmp_path)
     assert run.returncode == 2 and "bad.yaml: dataset:" in json.loads(run.stdout)["error"]

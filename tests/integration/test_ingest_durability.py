@@ -37,7 +37,9 @@ async def test_worker_killed_mid_ingestion_resumes_with_every_bar_once(own_serve
                 "timeframe": "1min",
                 "start": "2024-01-02",
                 "end": "2024-03-01",
-                "alpaca": {"rest": {"base_url": rest.base_url, "rate_per_s": 20, "burst": 4, "concurrency": 2}},
+                "alpaca": {
+                    "rest": {"base_url": rest.base_url, "rate_per_s": 20, "burst": 4, "concurrency": 2}
+                },
                 "partitions": {"period": "day", "per_activity": 4, "max_parallel": 2},
                 "runtime": {"heartbeat_timeout_s": 3, "max_attempts": 20},
             }
@@ -60,8 +62,16 @@ async def test_worker_killed_mid_ingestion_resumes_with_every_bar_once(own_serve
         finally:
             stop_process_group(worker, signal.SIGTERM)
         expected = pl.concat(
-            [rest.expected_bars("alpaca", s, "1min", dt.datetime(2024, 1, 2, tzinfo=dt.UTC),
-                                dt.datetime(2024, 3, 1, tzinfo=dt.UTC)) for s in SYMBOLS]  # fmt: skip
+            [
+                rest.expected_bars(
+                    "alpaca",
+                    s,
+                    "1min",
+                    dt.datetime(2024, 1, 2, tzinfo=dt.UTC),
+                    dt.datetime(2024, 3, 1, tzinfo=dt.UTC),
+                )
+                for s in SYMBOLS
+            ]  # fmt: skip
         )
         requests = rest.counters.requests
     assert result.partitions == 164
@@ -74,7 +84,9 @@ async def test_worker_killed_mid_ingestion_resumes_with_every_bar_once(own_serve
     assert keys.height == keys.unique().height == expected.height  # nothing missing, nothing doubled
     joined = got.join(expected, on=["symbol", "ts"], how="inner", suffix="_want")
     assert joined.height == expected.height
-    assert (joined["close"] == joined["close_want"]).all() and (joined["volume"] == joined["volume_want"]).all()
+    assert (joined["close"] == joined["close_want"]).all() and (
+        joined["volume"] == joined["volume_want"]
+    ).all()
     # One request per day partition (each fits one page); only partitions in flight at the kill
     # (at most max_parallel x per_activity = 8) were asked for twice.
     assert 164 <= requests <= 164 + 8
@@ -95,7 +107,11 @@ async def test_worker_killed_mid_ingestion_resumes_with_every_bar_once(own_serve
             for r in conn.execute(f"SELECT * FROM {table}").fetchall()  # noqa: S608 — fixed table names
         ]
     outputs = {"history": history.encode(), "database": "\n".join(rows).encode()}
-    for path in [*Lake(cfg.lake_root).root.rglob("*"), *tmp_path.glob("*.log"), *tmp_path.rglob("worker.log")]:
+    for path in [
+        *Lake(cfg.lake_root).root.rglob("*"),
+        *tmp_path.glob("*.log"),
+        *tmp_path.rglob("worker.log"),
+    ]:
         if path.is_file():
             outputs[str(path)] = path.read_bytes()
     assert len(outputs) > 50

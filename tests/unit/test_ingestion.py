@@ -278,7 +278,13 @@ def test_pipeline_reads_the_ingested_lake_adjusted_by_ingested_dividends(tmp_pat
                 polygon={"rest": {"base_url": rest.base_url}},
             )
             ingest_sync(plan(cfg, TODAY).partitions, cfg, RunContext(lake=lake, record=False))
-    universe = {"vendor": "lake", "source": "polygon", "symbols": ["AAPL"], "start": "2024-01-02", "end": "2024-03-01"}
+    universe = {
+        "vendor": "lake",
+        "source": "polygon",
+        "symbols": ["AAPL"],
+        "start": "2024-01-02",
+        "end": "2024-03-01",
+    }
     raw, note = read_lake_bars(lake, UniverseConfig.model_validate({**universe, "adjustment": "raw"}))
     adj, note = read_lake_bars(lake, UniverseConfig.model_validate(universe))
     sessions = len(trading_days("XNYS", D(2024, 1, 2), D(2024, 3, 1)))
@@ -290,3 +296,20 @@ def test_pipeline_reads_the_ingested_lake_adjusted_by_ingested_dividends(tmp_pat
     after = (adj.filter(pl.col("ts") >= ex)["close"] / raw.filter(pl.col("ts") >= ex)["close"]).unique()
     assert (before - (1 - 0.24 / prev_close)).abs().max() < 1e-12
     assert after.to_list() == [1.0]
+
+
+def test_daily_flat_files_are_stamped_at_the_session_open_like_rest(tmp_path):
+    days = trading_days("XNYS", D(2024, 7, 1), D(2024, 7, 6))  # includes the 3rd (half day), not the 4th
+    files = make_flat_files(days, ["AAPL"], "1d", seed=2)
+    files.write_local(tmp_path / "flat")
+    cfg = cfg_for(
+        tmp_path, vendor="polygon", symbols=["AAPL"], timeframe="1d", start="2024-07-01", end="2024-07-06",
+        routing={"mode": "flat_files"}, polygon={"flat_files": {"root": str(tmp_path / "flat")}},
+    )  # fmt: skip
+    lake = Lake(cfg.lake_root)
+    ingest_sync(plan(cfg, TODAY).partitions, cfg, RunContext(lake=lake, record=False))
+    stamps = [r[0] for r in run_sql(lake, "SELECT ts FROM bars ORDER BY ts")["rows"]]
+    assert [t.astimezone(dt.UTC) for t in stamps] == [
+        dt.datetime(d.year, d.month, d.day, 13, 30, tzinfo=dt.UTC)
+        for d in days  # 09:30 EDT
+    ]

@@ -111,7 +111,10 @@ def test_corporate_action_fundamental_and_option_schemas():
 
 
 def test_schemas_by_kind():
-    assert set(SCHEMAS) == {"bars", "quotes", "trades", "corporate_actions", "fundamentals", "option_bars"}
+    assert set(SCHEMAS) == {
+        "bars", "quotes", "trades", "corporate_actions", "fundamentals", "option_bars", "tickers",
+        "option_chain", "instruments",
+    }  # fmt: skip
     assert SCHEMAS["bars"] is BAR_SCHEMA and SCHEMAS["fundamentals"] is FUNDAMENTAL_SCHEMA
 
 

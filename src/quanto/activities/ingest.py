@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 
 from quanto.activities.heartbeat import Heartbeat
 from quanto.config.ingest import IngestConfig
@@ -116,18 +116,26 @@ def stream(req: StreamRequest) -> StreamResult:
     def beat(state: dict[str, Any]) -> None:
         activity.heartbeat(state)
 
+    result = None
     try:
-        return follow_stream(
-            cfg,
-            lake,
-            dt.date.fromisoformat(req.today),
-            heartbeat=beat,
-            cancelled=activity.is_cancelled,
-            workflow_id=info.workflow_id,
-            run_id=info.workflow_run_id,
-        )
+        # Cancellation (the workflow's stop_stream) must not be raised into the middle of a lake write:
+        # shielded, it only makes is_cancelled() true; the follower then flushes and returns its counts.
+        with activity.shield_thread_cancel_exception():
+            result = follow_stream(
+                cfg,
+                lake,
+                dt.date.fromisoformat(req.today),
+                heartbeat=beat,
+                cancelled=activity.is_cancelled,
+                workflow_id=info.workflow_id,
+                run_id=info.workflow_run_id,
+            )
     except (InputError, ValidationError) as err:
         raise _non_retryable(err) from err
+    except CancelledError:
+        if result is None:
+            raise
+    return result  # a stream stopped on request still reports what it wrote
 
 
 @activity.defn(name="ingest.finalize")

@@ -311,3 +311,75 @@ def conform(df: pl.DataFrame | pd.DataFrame, schema: pa.Schema, source: str) -> 
                 f"{source}: column '{name}' cannot be cast from {col.dtype} to {dtype}: {e}"
             ) from e
     return pl.DataFrame(out, schema=target)
+
+
+# --- Reference data and snapshots from vendor REST APIs (issue: ingest). ---
+
+# One row per listed instrument as the vendor describes it (Polygon reference tickers).
+TICKER_SCHEMA = pa.schema(
+    [
+        pa.field("symbol", pa.string(), nullable=False),  # canonical symbol
+        pa.field("name", pa.string(), nullable=True),  # issuer / fund name
+        pa.field("market", pa.string(), nullable=True),  # e.g. "stocks", "otc", "indices"
+        pa.field("locale", pa.string(), nullable=True),  # e.g. "us"
+        pa.field("primary_exchange", pa.string(), nullable=True),  # MIC, e.g. "XNAS"
+        pa.field("type", pa.string(), nullable=True),  # vendor's security type, e.g. "CS", "ETF"
+        pa.field("active", pa.bool_(), nullable=True),  # listed (tradable) now
+        pa.field("currency", pa.string(), nullable=True),  # listing currency, e.g. "usd"
+        pa.field("cik", pa.string(), nullable=True),  # SEC central index key (text: keeps leading zeros)
+        pa.field("composite_figi", pa.string(), nullable=True),
+        pa.field("list_date", pa.date32(), nullable=True),  # first listing date
+        pa.field("delisted_utc", pa.timestamp("ns", tz="UTC"), nullable=True),  # null while listed
+        pa.field("vendor", pa.string(), nullable=False),
+    ]
+)
+
+# Option chain snapshots: the contract's terms, then the day's bar, quote, greeks and open interest as
+# the vendor reported them at `ts` (the moment the snapshot was taken).
+OPTION_SNAPSHOT_SCHEMA = pa.schema(
+    [
+        OPTION_BAR_SCHEMA.field("underlying"),
+        OPTION_BAR_SCHEMA.field("symbol"),  # OCC symbol
+        pa.field("ts", pa.timestamp("ns", tz="UTC"), nullable=False),  # when the snapshot was taken
+        OPTION_BAR_SCHEMA.field("expiry"),
+        OPTION_BAR_SCHEMA.field("strike"),
+        OPTION_BAR_SCHEMA.field("right"),
+        # The session's bar so far; null before the contract's first trade of the day.
+        *[pa.field(name, pa.float64(), nullable=True) for name in ("open", "high", "low", "close")],
+        pa.field("volume", pa.float64(), nullable=True),  # contracts
+        pa.field("vwap", pa.float64(), nullable=True),
+        pa.field("bid", pa.float64(), nullable=True),  # last NBBO quote
+        pa.field("ask", pa.float64(), nullable=True),
+        pa.field("underlying_price", pa.float64(), nullable=True),
+        pa.field("implied_volatility", pa.float64(), nullable=True),  # annualized, 0.25 = 25%
+        *[pa.field(name, pa.float64(), nullable=True) for name in ("delta", "gamma", "theta", "vega")],
+        pa.field("open_interest", pa.float64(), nullable=True),  # contracts
+        pa.field("vendor", pa.string(), nullable=False),
+    ]
+)
+
+# Broker instrument master (Kite `/instruments`): maps canonical symbols to the broker's numeric tokens.
+INSTRUMENT_SCHEMA = pa.schema(
+    [
+        pa.field(
+            "symbol", pa.string(), nullable=False
+        ),  # canonical "EXCHANGE:TRADINGSYMBOL", e.g. "NSE:INFY"
+        pa.field("instrument_token", pa.int64(), nullable=False),  # the broker's id in data requests
+        pa.field("exchange_token", pa.int64(), nullable=True),  # the exchange's own id
+        pa.field("tradingsymbol", pa.string(), nullable=False),
+        pa.field("name", pa.string(), nullable=True),
+        pa.field("last_price", pa.float64(), nullable=True),
+        pa.field("expiry", pa.date32(), nullable=True),  # derivatives only
+        pa.field("strike", pa.float64(), nullable=True),  # options only (0 elsewhere as shipped)
+        pa.field("tick_size", pa.float64(), nullable=True),
+        pa.field("lot_size", pa.int64(), nullable=True),
+        pa.field("instrument_type", pa.string(), nullable=True),  # EQ, FUT, CE, PE, ...
+        pa.field("segment", pa.string(), nullable=True),  # e.g. "NSE", "NFO-OPT", "INDICES"
+        pa.field("exchange", pa.string(), nullable=False),  # e.g. "NSE", "BSE", "NFO"
+        pa.field("vendor", pa.string(), nullable=False),
+    ]
+)
+
+SCHEMAS["tickers"] = TICKER_SCHEMA
+SCHEMAS["option_chain"] = OPTION_SNAPSHOT_SCHEMA  # the dataset name job files use
+SCHEMAS["instruments"] = INSTRUMENT_SCHEMA

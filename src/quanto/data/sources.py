@@ -185,6 +185,7 @@ class Sources:
         return await fetch_bar_range(self._adapter, self.cfg.vendor, symbol, timeframe, start, end)
 
 
+US_TZ = "America/New_York"  # Polygon's flat files are US equities
 DEFAULT_URLS = {
     "alpaca": "https://data.alpaca.markets",
     "polygon": "https://api.polygon.io",
@@ -236,7 +237,14 @@ def _flat_day(source: Any, part: Partition, day: dt.date) -> PartitionData:
     if not source.exists(key):
         return PartitionData(frames={"bars": pl.DataFrame()})  # not published (holiday, or not yet)
     parsed = parse_aggs(source.read_bytes(key), part.timeframe, source=key, symbols=set(part.symbols) or None)
-    return PartitionData(frames={"bars": parsed.bars}, rejected=parsed.quarantine)
+    bars = parsed.bars
+    if part.timeframe == "1d" and bars.height:
+        # Day aggregates are stamped at midnight New York; every daily bar in the lake (REST, sample)
+        # carries its session's 09:30 open instead, so one vendor's data reads the same by either route.
+        local_day = pl.col("ts").dt.convert_time_zone(US_TZ).dt.date().cast(pl.Datetime("ns"))
+        opened = (local_day + pl.duration(hours=9, minutes=30)).dt.replace_time_zone(US_TZ)
+        bars = bars.with_columns(opened.dt.convert_time_zone("UTC").alias("ts"))
+    return PartitionData(frames={"bars": bars}, rejected=parsed.quarantine)
 
 
 async def fetch_bar_range(

@@ -198,7 +198,7 @@ class IngestionWorkflow:
             task.cancel()
         stopper.cancel()
         try:
-            return await task
+            return await task  # a stopped stream completes with its counts (it shields the cancel)
         except ActivityError:
             if self._stop_stream:
                 return StreamResult()  # cancelled on request before it could report
