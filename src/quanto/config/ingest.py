@@ -239,9 +239,7 @@ class IngestConfig(Strict):
             raise ValueError(
                 f"vendor {self.vendor!r} has no dataset {self.dataset!r}; it has {list(VENDOR_DATASETS[self.vendor])}"
             )
-        needs_symbols = self.vendor != "files" and not (
-            self.vendor == "polygon" and self.dataset == "tickers"
-        )
+        needs_symbols = self.vendor != "files" and self.dataset not in ("tickers", "instruments")
         flat = self.vendor == "polygon" and self.polygon.flat_files is not None
         if needs_symbols and not self.symbols and not (flat and self.dataset == "bars"):
             raise ValueError(f"symbols: vendor {self.vendor!r} dataset {self.dataset!r} needs symbols")

@@ -23,7 +23,7 @@ from quanto.config.ingest import IngestConfig
 
 log = structlog.get_logger("quanto.data.router")
 
-Route = Literal["rest", "flat_files", "files", "sample", "synthetic", "stream"]
+Route = Literal["rest", "flat_files", "grouped_daily", "files", "sample", "synthetic", "stream"]
 TIME_SERIES = ("bars", "option_bars")  # datasets with a time range; the others are snapshots
 
 
@@ -172,6 +172,15 @@ def choose_route(cfg: IngestConfig, end: dt.date) -> RouteDecision:
             f"({cfg.routing.flat_files_min_symbol_days})",
             symbol_days=symbol_days,
         )
+    grouped_ok = cfg.vendor == "polygon" and cfg.dataset == "bars" and cfg.timeframe == "1d"
+    if cfg.routing.mode == "auto" and grouped_ok and symbol_days >= cfg.routing.flat_files_min_symbol_days:
+        # Without flat files, Polygon's grouped daily endpoint is the bulk route: one request a day.
+        return RouteDecision(
+            route="grouped_daily",
+            reason=f"{symbol_days} symbol-days >= routing.flat_files_min_symbol_days and no flat files: "
+            "one grouped-daily request per day",
+            symbol_days=symbol_days,
+        )
     why = "routing.mode is rest" if cfg.routing.mode == "rest" else "small request"
     if cfg.routing.mode == "auto" and flat_ok:
         why = f"{symbol_days} symbol-days < routing.flat_files_min_symbol_days"
@@ -203,13 +212,14 @@ def plan(cfg: IngestConfig, today: dt.date) -> Plan:
                     fetch_end=end,
                 )
             )
-    elif decision.route == "flat_files":
+    elif decision.route in ("flat_files", "grouped_daily"):
+        # One trading day of every (requested) ticker; the two routes hold the same data and share ids.
         for day in trading_days(cfg.calendar, cfg.start, end):
             nxt = day + dt.timedelta(days=1)
             parts.append(
                 Partition(
                     **common,
-                    route="flat_files",
+                    route=decision.route,
                     symbols=tuple(sorted(cfg.symbols)),
                     start=day,
                     end=nxt,

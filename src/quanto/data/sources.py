@@ -264,6 +264,10 @@ async def _rest(
     """Dispatch a REST partition to its vendor adapter by dataset."""
     symbol = part.symbols[0] if part.symbols else ""
     ds = part.dataset
+    if ds == "bars" and part.route == "grouped_daily":
+        got = await adapter.grouped_daily(part.start)
+        wanted = got.frame.filter(pl.col("symbol").is_in(list(part.symbols))) if part.symbols else got.frame
+        return PartitionData(frames={"bars": wanted}, rejected=got.rejected)
     if ds == "bars":
         return await fetch_bar_range(adapter, cfg.vendor, symbol, part.timeframe, start, end)
     if ds == "option_bars":
