@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
-from quanto.config.models import RuntimeConfig, Strict, SyntheticSpec
+from quanto.config.models import RuntimeConfig, Strict, SyntheticSpec, unique_symbols
 
 Vendor = Literal["alpaca", "polygon", "kite", "files", "sample", "synthetic"]
 Dataset = Literal[
@@ -222,14 +222,7 @@ class IngestConfig(Strict):
     partitions: PartitionSettings = PartitionSettings()
     runtime: RuntimeConfig = RuntimeConfig()
 
-    @field_validator("symbols")
-    @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"symbols must be unique, got {v}")
-        if any(not s.strip() for s in v):
-            raise ValueError("symbols must not be empty strings")
-        return v
+    _unique_symbols = field_validator("symbols")(lambda cls, v: unique_symbols(v))
 
     @model_validator(mode="after")
     def _consistent(self) -> IngestConfig:

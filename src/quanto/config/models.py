@@ -19,6 +19,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def unique_symbols(v: list[str]) -> list[str]:
+    """Validator of symbol lists: unique and non-empty names."""
+    if len(set(v)) != len(v):
+        raise ValueError(f"symbols must be unique, got {v}")
+    if any(not s.strip() for s in v):
+        raise ValueError("symbols must not be empty strings")
+    return v
+
+
 class SyntheticSpec(Strict):
     """Seeded synthetic minute-bar generator (vendor `synthetic`)."""
 
@@ -50,14 +59,7 @@ class UniverseConfig(Strict):
     end: dt.date
     synthetic: SyntheticSpec = SyntheticSpec()
 
-    @field_validator("symbols")
-    @classmethod
-    def _unique_symbols(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"symbols must be unique, got {v}")
-        if any(not s.strip() for s in v):
-            raise ValueError("symbols must not be empty strings")
-        return v
+    _unique_symbols = field_validator("symbols")(lambda cls, v: unique_symbols(v))
 
     @model_validator(mode="after")
     def _range(self) -> UniverseConfig:

@@ -31,9 +31,3 @@ def secret(name: str, purpose: str) -> SecretStr:
 def vendor_secrets(vendor: str) -> dict[str, SecretStr]:
     """Every secret `vendor` needs, by variable name."""
     return {name: secret(name, f"vendor {vendor}") for name in VENDOR_SECRETS[vendor]}
-
-
-def secret_values() -> list[str]:
-    """The values of every known secret that is set (for tests and log scrubbing)."""
-    names = {n for names in VENDOR_SECRETS.values() for n in names}
-    return [v for n in sorted(names) if (v := os.environ.get(n))]

@@ -19,9 +19,9 @@ from pydantic import SecretStr
 
 from quanto.config.secrets import secret
 from quanto.data.rest import (
-    Column,
     Fetched,
     RestClient,
+    bar_columns,
     finish_bars,
     json_part,
     request_start,
@@ -47,16 +47,7 @@ _UNIT_COUNTS = {"min": range(1, 60), "h": range(1, 24), "d": (1,), "w": (1,), "m
 _UNIT_NAMES = {"min": "Min", "h": "Hour", "d": "Day", "w": "Week", "mo": "Month"}
 _SYMBOL = re.compile(r"^[A-Z0-9.\-/]{1,21}$")
 
-BAR_COLUMNS = (
-    Column("ts", "t", "iso"),
-    Column("open", "o"),
-    Column("high", "h"),
-    Column("low", "l"),
-    Column("close", "c"),
-    Column("volume", "v"),
-    Column("vwap", "vw", required=False),
-    Column("trades", "n", "int", required=False),
-)
+BAR_COLUMNS = bar_columns("iso")
 
 
 @dataclass(frozen=True)

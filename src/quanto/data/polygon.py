@@ -32,6 +32,7 @@ from quanto.data.rest import (
     Column,
     Fetched,
     RestClient,
+    bar_columns,
     empty_rejected,
     finish_bars,
     json_part,
@@ -67,16 +68,7 @@ _TIMESPANS = {"min": "minute", "h": "hour", "d": "day", "w": "week", "mo": "mont
 OCC_PATTERN = r"^(?:O:)?([A-Z0-9.]{1,6})(\d{6})([CP])(\d{8})$"
 STATEMENT_ORDER = ("income_statement", "balance_sheet", "cash_flow_statement", "comprehensive_income")
 
-AGG_COLUMNS = (
-    Column("ts", "t", "ms"),
-    Column("open", "o"),
-    Column("high", "h"),
-    Column("low", "l"),
-    Column("close", "c"),
-    Column("volume", "v"),
-    Column("vwap", "vw", required=False),
-    Column("trades", "n", "int", required=False),
-)
+AGG_COLUMNS = bar_columns("ms")
 TICKER_COLUMNS = (
     Column("ticker", "ticker", "str"),
     *[Column(c, c, "str", required=False) for c in ("name", "market", "locale", "primary_exchange", "type")],

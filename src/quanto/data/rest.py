@@ -571,6 +571,21 @@ class Column:
         return f"[{self.key}]" if isinstance(self.key, int) else self.key
 
 
+def bar_columns(ts_kind: str) -> tuple[Column, ...]:
+    """The bar fields Alpaca and Polygon share (t o h l c v vw n); only the time format differs
+    (`iso` for Alpaca, `ms` for Polygon)."""
+    return (
+        Column("ts", "t", ts_kind),
+        Column("open", "o"),
+        Column("high", "h"),
+        Column("low", "l"),
+        Column("close", "c"),
+        Column("volume", "v"),
+        Column("vwap", "vw", required=False),
+        Column("trades", "n", "int", required=False),
+    )
+
+
 def _value(row: Any, key: str | int | tuple[str, ...]) -> Any:
     """The raw value at `key`, or _MISSING."""
     if isinstance(key, tuple):

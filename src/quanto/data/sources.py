@@ -82,7 +82,7 @@ class Sources:
             await client.__aexit__(None, None, None)
         self._clients.clear()
 
-    async def _rest_client(self, vendor: str, headers: dict[str, str], params: dict[str, str]):
+    async def _rest_client(self, vendor: str, headers: dict[str, Any], params: dict[str, Any]):
         from quanto.data.rest import RestClient, RetryPolicy, limiter_for
 
         rest = self.cfg.rest()
@@ -119,38 +119,22 @@ class Sources:
                 credentials=S3Credentials.from_env() if flat.root.startswith("s3://") else None,
                 prefix=flat.prefix,
             )
-        from quanto.config.secrets import vendor_secrets
-
-        keys = {k: v.get_secret_value() for k, v in vendor_secrets(cfg.vendor).items()}
+        # Each adapter reads its own keys from the environment and keeps them SecretStr until sent.
         if cfg.vendor == "alpaca":
-            from quanto.data.alpaca import AlpacaBars
+            from quanto.data.alpaca import AlpacaBars, alpaca_credentials_from_env
 
-            client = await self._rest_client(
-                "alpaca",
-                {
-                    "APCA-API-KEY-ID": keys["ALPACA_API_KEY_ID"],
-                    "APCA-API-SECRET-KEY": keys["ALPACA_API_SECRET_KEY"],
-                },
-                {},
-            )
+            client = await self._rest_client("alpaca", alpaca_credentials_from_env().headers(), {})
             return AlpacaBars(client, feed=cfg.alpaca.feed, adjustment=cfg.alpaca.adjustment,
                               page_limit=cfg.alpaca.page_limit)  # fmt: skip
         if cfg.vendor == "polygon":
-            from quanto.data.polygon import PolygonRest
+            from quanto.data.polygon import PolygonRest, polygon_api_key_from_env
 
-            client = await self._rest_client("polygon", {}, {"apiKey": keys["POLYGON_API_KEY"]})
+            client = await self._rest_client("polygon", {}, {"apiKey": polygon_api_key_from_env()})
             return PolygonRest(client, adjusted=cfg.polygon.adjusted)
         if cfg.vendor == "kite":
-            from quanto.data.kite import KiteRest
+            from quanto.data.kite import KiteRest, kite_credentials_from_env
 
-            client = await self._rest_client(
-                "kite",
-                {
-                    "X-Kite-Version": "3",
-                    "Authorization": f"token {keys['KITE_API_KEY']}:{keys['KITE_ACCESS_TOKEN']}",
-                },
-                {},
-            )
+            client = await self._rest_client("kite", kite_credentials_from_env().headers(), {})
             return KiteRest(client, exchange=cfg.kite.exchange)
         raise InputError(f"vendor {cfg.vendor!r} is not supported")
 

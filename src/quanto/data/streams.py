@@ -409,29 +409,43 @@ def _alpaca_bars(msgs: list, vendor: str) -> dict:
     }
 
 
-def _alpaca_trades(msgs: list, vendor: str) -> dict:
-    return {
-        "symbol": [m["S"] for m in msgs],
-        "ts": rfc3339_to_ns([m["t"] for m in msgs]),
-        "price": [m["p"] for m in msgs],
-        "size": [m["s"] for m in msgs],
-        "trade_id": [_opt_str(m.get("i")) for m in msgs],
-        "conditions": [_conditions(m.get("c")) for m in msgs],
-        "vendor": constant("vendor", vendor, pl.String, len(msgs)),
-    }
+def _trade_columns(symbol: str, ts: Callable[[list], Any]) -> Callable[[list, str], dict]:
+    """Trades builder for a vendor whose messages name the symbol `symbol` and whose times `ts` converts
+    (Alpaca: S + RFC 3339; Polygon: sym + epoch ms); price p, size s, id i and conditions c are shared."""
+
+    def build(msgs: list, vendor: str) -> dict:
+        return {
+            "symbol": [m[symbol] for m in msgs],
+            "ts": ts([m["t"] for m in msgs]),
+            "price": [m["p"] for m in msgs],
+            "size": [m["s"] for m in msgs],
+            "trade_id": [_opt_str(m.get("i")) for m in msgs],
+            "conditions": [_conditions(m.get("c")) for m in msgs],
+            "vendor": constant("vendor", vendor, pl.String, len(msgs)),
+        }
+
+    return build
 
 
-def _alpaca_quotes(msgs: list, vendor: str) -> dict:
-    return {
-        "symbol": [m["S"] for m in msgs],
-        "ts": rfc3339_to_ns([m["t"] for m in msgs]),
-        "bid_px": [m.get("bp") for m in msgs],
-        "bid_sz": [m.get("bs") for m in msgs],
-        "ask_px": [m.get("ap") for m in msgs],
-        "ask_sz": [m.get("as") for m in msgs],
-        "vendor": constant("vendor", vendor, pl.String, len(msgs)),
-    }
+def _quote_columns(symbol: str, ts: Callable[[list], Any]) -> Callable[[list, str], dict]:
+    """Quotes builder, as `_trade_columns`: bid bp/bs and ask ap/as are the same on both vendors."""
 
+    def build(msgs: list, vendor: str) -> dict:
+        return {
+            "symbol": [m[symbol] for m in msgs],
+            "ts": ts([m["t"] for m in msgs]),
+            "bid_px": [m.get("bp") for m in msgs],
+            "bid_sz": [m.get("bs") for m in msgs],
+            "ask_px": [m.get("ap") for m in msgs],
+            "ask_sz": [m.get("as") for m in msgs],
+            "vendor": constant("vendor", vendor, pl.String, len(msgs)),
+        }
+
+    return build
+
+
+_alpaca_trades = _trade_columns("S", rfc3339_to_ns)
+_alpaca_quotes = _quote_columns("S", rfc3339_to_ns)
 
 _BAR_REQUIRED = ("symbol", "ts", "open", "high", "low", "close", "volume")
 _TRADE_REQUIRED = ("symbol", "ts", "price", "size")
@@ -519,28 +533,8 @@ def _polygon_bars(msgs: list, vendor: str) -> dict:
     }
 
 
-def _polygon_trades(msgs: list, vendor: str) -> dict:
-    return {
-        "symbol": [m["sym"] for m in msgs],
-        "ts": ms_to_ns([m["t"] for m in msgs]),
-        "price": [m["p"] for m in msgs],
-        "size": [m["s"] for m in msgs],
-        "trade_id": [_opt_str(m.get("i")) for m in msgs],
-        "conditions": [_conditions(m.get("c")) for m in msgs],
-        "vendor": constant("vendor", vendor, pl.String, len(msgs)),
-    }
-
-
-def _polygon_quotes(msgs: list, vendor: str) -> dict:
-    return {
-        "symbol": [m["sym"] for m in msgs],
-        "ts": ms_to_ns([m["t"] for m in msgs]),
-        "bid_px": [m.get("bp") for m in msgs],
-        "bid_sz": [m.get("bs") for m in msgs],
-        "ask_px": [m.get("ap") for m in msgs],
-        "ask_sz": [m.get("as") for m in msgs],
-        "vendor": constant("vendor", vendor, pl.String, len(msgs)),
-    }
+_polygon_trades = _trade_columns("sym", ms_to_ns)
+_polygon_quotes = _quote_columns("sym", ms_to_ns)
 
 
 class PolygonStreamProtocol(JsonArrayProtocol):
