@@ -77,7 +77,7 @@ async def test_replay_current_and_saved_histories(daily_run):
         (HISTORIES / "research_pipeline_daily.json").write_text(history.to_json())
     replayer = Replayer(workflows=[ResearchPipelineWorkflow], data_converter=pydantic_data_converter)
     await replayer.replay_workflow(history)
-    saved = sorted(HISTORIES.glob("*.json"))
+    saved = sorted(HISTORIES.glob("research_pipeline_*.json"))
     assert saved, "tests/integration/histories/ must hold saved pipeline histories"
     for path in saved:
         from temporalio.client import WorkflowHistory
