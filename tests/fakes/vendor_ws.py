@@ -705,10 +705,19 @@ class FakeKiteServer(FakeStreamServer):
     vendor = "kite"
     channels = ("full",)
 
-    def __init__(self, symbols: Sequence[str], start: dt.datetime, steps: int, **kwargs) -> None:
+    def __init__(
+        self,
+        symbols: Sequence[str],
+        start: dt.datetime,
+        steps: int,
+        *,
+        tokens: Mapping[str, int] | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(symbols, start, steps, **kwargs)
-        # NSE segment (1): price divisor 100.
-        self.token_to_symbol = {((i + 1) << 8) | 1: s for i, s in enumerate(self.symbols)}
+        # NSE segment (1): price divisor 100. `tokens` lets a test use another fake's instrument list.
+        tokens = tokens or {s: ((i + 1) << 8) | 1 for i, s in enumerate(self.symbols)}
+        self.token_to_symbol = {tokens[s]: s for s in self.symbols}
         self._tokens = list(self.token_to_symbol)
         volumes = (
             np.array([d.bars["volume"] for d in self._data]) if self._data else np.zeros((0, len(symbols)))

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from quanto.config.ingest import IngestConfig
-from quanto.data.catalog import open_catalog
+from quanto.data.catalog import open_catalog, run_sql
 from quanto.data.live import follow_stream
 from quanto.lake.storage import Lake
 from tests.fakes.vendor_http import ALPACA_KEY_ID, ALPACA_SECRET_KEY, POLYGON_API_KEY, FakeVendorServer
@@ -117,3 +117,60 @@ def test_outage_is_backfilled_over_rest_and_nothing_is_doubled(vendor, tmp_path,
             assert not any(secret.encode() in data for secret in env.values()), path
     manifest = next(Lake(cfg.lake_root).abspath("manifests/ingest_partition").rglob("*.json"))
     assert json.loads(manifest.read_text())["partition"]["route"] == "stream"
+
+
+def test_kite_ticks_become_bars_and_an_outage_is_backfilled_with_rest_bars_winning(tmp_path, monkeypatch):
+    from tests.fakes.vendor_http import KITE_ACCESS_TOKEN, KITE_API_KEY
+    from tests.fakes.vendor_ws import FakeKiteServer
+
+    monkeypatch.setenv("KITE_API_KEY", KITE_API_KEY)
+    monkeypatch.setenv("KITE_ACCESS_TOKEN", KITE_ACCESS_TOKEN)
+    symbols = ["NSE:INFY", "NSE:TCS"]
+    start = dt.datetime(2024, 1, 2, 4, 0, tzinfo=dt.UTC)  # 09:30 IST
+    ws = FakeKiteServer(
+        symbols, start, steps=20, outages={6: 3},
+        tokens={"NSE:INFY": 408065, "NSE:TCS": 2953217},  # the REST fake's instrument list
+        credentials={"api_key": KITE_API_KEY, "access_token": KITE_ACCESS_TOKEN},
+    )  # fmt: skip
+    with FakeVendorServer() as rest, ws:
+        cfg = IngestConfig.model_validate(
+            {
+                "name": "kite-live",
+                "lake_root": str(tmp_path / "lake"),
+                "vendor": "kite",
+                "symbols": symbols,
+                "timeframe": "1min",
+                "start": "2024-01-02",
+                "calendar": "XBOM",
+                "kite": {
+                    "rest": {"base_url": rest.base_url, "rate_per_s": 100, "burst": 100},
+                    "stream": {
+                        "enabled": True,
+                        "url": ws.url,
+                        "flush_rows": 8,
+                        "duration_s": 60,
+                        "reconnect_initial_s": 0.05,
+                    },  # fmt: skip
+                },
+            }
+        )
+        result = follow_stream(
+            cfg, Lake(cfg.lake_root), start.date(), cancelled=_until_done(ws), record=False
+        )
+        skipped = ws.skipped_bars()
+        oracle = pl.concat(
+            [rest.expected_bars("kite", s, "1min", start, start + dt.timedelta(minutes=20)) for s in symbols]
+        )
+    assert result.reconnects >= 1 and result.gaps == len(symbols) and result.depth > 0
+    lake_bars = pl.from_arrow(open_catalog(Lake(cfg.lake_root)).sql("SELECT * FROM bars").arrow())
+    keys = lake_bars.select("symbol", "ts")
+    assert keys.height == keys.unique().height  # REST backfill replaced the partial edge bars
+    assert skipped.select("symbol", "ts").join(keys, on=["symbol", "ts"], how="anti").height == 0
+    # Every bar the stream missed comes from REST, exactly.
+    filled = lake_bars.join(skipped.select("symbol", "ts"), on=["symbol", "ts"], how="semi").sort(
+        "symbol", "ts"
+    )
+    want = oracle.join(skipped.select("symbol", "ts"), on=["symbol", "ts"], how="semi").sort("symbol", "ts")
+    assert filled.select("close", "volume").equals(want.select("close", "volume"))
+    depth = run_sql(Lake(cfg.lake_root), "SELECT count(*), min(bid_px_1 < ask_px_1) FROM depth")["rows"][0]
+    assert depth[0] == result.depth and depth[1]

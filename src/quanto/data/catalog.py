@@ -80,15 +80,18 @@ def dataset_files(lake: Lake) -> dict[str, DatasetFiles]:
         else:
             series.append(m)
     out: dict[str, DatasetFiles] = defaultdict(DatasetFiles)
-    for m in [*series, *newest.values()]:
-        for f in m["files"]:
-            out[f["role"]].paths.append(str(lake.abspath(f["path"])))
+    # Order is precedence (the last file holding a key wins): oldest partitions first, and REST backfills
+    # of a stream outage after everything else, since the stream's bars at a gap's edges are partial.
+    entries = [f for m in [*series, *newest.values()] for f in m["files"]]
+    for f in sorted(entries, key=lambda f: f.get("origin") == "backfill"):
+        out[f["role"]].paths.append(str(lake.abspath(f["path"])))
     by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for m in series:
         for role in {f["role"] for f in m["files"]}:
             by_kind[role].append(m)
     for kind, parts in by_kind.items():
-        out[kind].overlapping = kind in KEYS and _overlap(parts)
+        streamed = any(m["partition"]["route"] == "stream" for m in parts)
+        out[kind].overlapping = kind in KEYS and (streamed or _overlap(parts))
     return dict(out)
 
 

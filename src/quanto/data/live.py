@@ -93,8 +93,9 @@ class _StreamWriter:
         self.files: list[dict[str, Any]] = list(manifest["files"]) if manifest else []
         self.rows: dict[str, int] = {}
 
-    def write(self, kind: str, frame: pl.DataFrame) -> None:
-        """One micro-batch of `kind` as a file, then the manifest naming it."""
+    def write(self, kind: str, frame: pl.DataFrame, origin: str = "stream") -> None:
+        """One micro-batch of `kind` as a file, then the manifest naming it. `origin` backfill marks
+        REST bars of an outage: they take precedence over the stream's partial bars at its edges."""
         if frame.is_empty():
             return
         table = frame.to_arrow()
@@ -103,7 +104,8 @@ class _StreamWriter:
             table = table.select(schema.names).cast(schema)
         ref = self.ctx.lake.write_table(self.part.folder(kind), table, role=kind)
         stamp = {"start": self.part.start.isoformat(), "end": self.part.end.isoformat()}
-        self.files.append({**ref.model_dump(), **stamp, "written_at": dt.datetime.now(dt.UTC).isoformat()})
+        written = dt.datetime.now(dt.UTC).isoformat()
+        self.files.append({**ref.model_dump(), **stamp, "written_at": written, "origin": origin})
         self.rows[kind] = self.rows.get(kind, 0) + frame.height
         save_partition_manifest(self.ctx, self.part, [(self.part.start, self.part.end)], self.files)
 
@@ -180,9 +182,9 @@ async def _follow(
         async def backfill(symbol: str, start: dt.datetime, end: dt.datetime) -> None:
             got = await sources.fetch_bars(symbol, STREAM_TIMEFRAME, start, end)
             bars = got.frames["bars"]
-            writer.write("bars", bars)
+            writer.write("bars", bars, origin="backfill")
             if got.rejected is not None and got.rejected.height:
-                writer.write("rejected", got.rejected)
+                writer.write("rejected", got.rejected, origin="backfill")
             result.backfilled_rows += bars.height
             log.info("stream gap backfilled over REST", symbol=symbol, start=str(start), end=str(end),
                      rows=bars.height)  # fmt: skip
