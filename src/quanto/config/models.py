@@ -157,6 +157,21 @@ class ValidationConfig(Strict):
     fundamentals: FundamentalRules = FundamentalRules()
 
 
+class PcaConfig(Strict):
+    """PCA factors of 1-bar log returns across the universe, fitted on the first `fit_bars` bars only.
+
+    Adds pca_loading_<k>, pca_factor_<k> (k = 1..n_components) and pca_resid (see features/pca.py).
+    """
+
+    n_components: int = Field(3, ge=1, le=20, description="principal components kept")
+    fit_bars: int | None = Field(
+        None,
+        ge=2,
+        description="bars (unique timestamps) of the fit window from the panel's start; default "
+        "walk_forward.train_bars, the first training window, so no fold tests on fitted rows",
+    )
+
+
 class FeaturesConfig(Strict):
     """Feature selection by registered name (`default`, a name, or `talib:FUNC(param=value)`), plus
     panel features computed across the universe after the per-symbol ones."""
@@ -172,6 +187,7 @@ class FeaturesConfig(Strict):
     )
     benchmark: str | None = Field(None, description="a universe symbol: rolling corr/beta of returns to it")
     benchmark_windows: list[int] = Field(default_factory=lambda: [20, 60], min_length=1)
+    pca: PcaConfig | None = Field(None, description="statistical factor model across the universe")
 
     @field_validator("benchmark_windows")
     @classmethod
@@ -302,6 +318,23 @@ class PipelineConfig(Strict):
         if self.features.benchmark and self.features.benchmark not in self.universe.symbols:
             raise ValueError(
                 f"features.benchmark {self.features.benchmark!r} must be one of universe.symbols {self.universe.symbols}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _pca_fits_universe(self) -> PipelineConfig:
+        pca = self.features.pca
+        if pca is None:
+            return self
+        if len(self.universe.symbols) < max(2, pca.n_components):
+            raise ValueError(
+                f"features.pca needs at least max(2, n_components={pca.n_components}) universe.symbols, "
+                f"got {len(self.universe.symbols)}"
+            )
+        if pca.fit_bars is not None and pca.fit_bars > self.walk_forward.train_bars:
+            raise ValueError(
+                f"features.pca.fit_bars ({pca.fit_bars}) must not exceed walk_forward.train_bars "
+                f"({self.walk_forward.train_bars}): the first fold would test on rows the PCA was fitted on"
             )
         return self
 

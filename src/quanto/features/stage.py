@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from quanto.config.models import FeaturesConfig, PipelineConfig
+from quanto.config.models import FeaturesConfig, PipelineConfig, WalkForwardConfig
 from quanto.contracts import StageRequest, StageResult
 from quanto.lake.materialize import Materialized, StageContext, materialize
 from quanto.lake.storage import sha256_json
@@ -21,7 +21,7 @@ def run_features(req: StageRequest, ctx: StageContext) -> StageResult:
 
     def compute(key: str) -> Materialized:
         bars = ctx.lake.read_frame(inputs)
-        table = add_panel_features(compute_features(bars, names), bars, cfg.features)
+        table = add_panel_features(compute_features(bars, names), bars, cfg.features, cfg.walk_forward)
         set_id = sha256_json(names)[:8]
         ref = ctx.lake.write_frame(f"gold/features/set-{set_id}@{key[:12]}", table, role="features")
         ctx.progress(1, 1, f"{len(names)} features")
@@ -30,14 +30,23 @@ def run_features(req: StageRequest, ctx: StageContext) -> StageResult:
         )
 
     panel = cfg.features.model_dump(mode="json", exclude={"names"})
+    if cfg.features.pca is not None:  # the default fit window is walk_forward's: key on the bars used
+        panel["pca"]["fit_bars"] = cfg.features.pca.fit_bars or cfg.walk_forward.train_bars
     return materialize(
         "features", ctx, inputs, {"names": names, "versions": versions, "panel": panel}, compute
     )
 
 
-def add_panel_features(table: pd.DataFrame, bars: pd.DataFrame, spec: FeaturesConfig) -> pd.DataFrame:
-    """Cross-sectional ranks/z-scores (and sector z-scores) of the chosen features, and rolling
-    corr/beta to the benchmark symbol; every value at ts uses rows at or before ts only."""
+def add_panel_features(
+    table: pd.DataFrame,
+    bars: pd.DataFrame,
+    spec: FeaturesConfig,
+    walk_forward: WalkForwardConfig | None = None,
+) -> pd.DataFrame:
+    """Cross-sectional ranks/z-scores (and sector z-scores) of the chosen features, rolling
+    corr/beta to the benchmark symbol, and PCA factors; every value at ts uses rows at or before ts
+    only, except PCA values inside the fit window (the first `spec.pca.fit_bars` bars, default
+    `walk_forward.train_bars`), which no walk-forward fold tests on."""
     from quanto.features.cross_sectional import (
         benchmark_relative,
         cross_sectional_rank,
@@ -53,4 +62,13 @@ def add_panel_features(table: pd.DataFrame, bars: pd.DataFrame, spec: FeaturesCo
     if spec.benchmark:
         rel = benchmark_relative(bars, spec.benchmark, spec.benchmark_windows)
         table = table.merge(rel, on=["symbol", "ts"], how="left", validate="one_to_one")
+    if spec.pca:
+        from quanto.errors import InputError
+        from quanto.features.pca import fit_end_for, pca_factors
+
+        fit_bars = spec.pca.fit_bars or (walk_forward.train_bars if walk_forward else None)
+        if fit_bars is None:
+            raise InputError("features.pca without fit_bars needs the walk_forward config (its train_bars)")
+        factors = pca_factors(bars, spec.pca.n_components, fit_end_for(bars, fit_bars))
+        table = table.merge(factors, on=["symbol", "ts"], how="left", validate="one_to_one")
     return table
