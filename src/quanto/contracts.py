@@ -119,13 +119,14 @@ class PipelineResult(BaseModel):
 
 
 class IngestRequest(BaseModel):
-    """Input of IngestionWorkflow. `today` is fixed by the starter so the plan is deterministic;
-    `cursor`, `totals` and `plan` carry progress across continue-as-new."""
+    """Input of IngestionWorkflow. `today` (ISO date) is fixed by the starter, or left empty by a
+    schedule so the plan activity fixes it when the run starts; `cursor`, `totals` and `plan` carry
+    progress across continue-as-new."""
 
     config: dict[str, Any]
     config_source: str = ""
     config_name: str = ""
-    today: str
+    today: str = ""
     cursor: int = 0
     totals: dict[str, int] = Field(default_factory=dict)
     plan: IngestPlanRef | None = None
@@ -142,6 +143,7 @@ class IngestPlanRef(BaseModel):
     route: str
     reason: str
     end: str
+    today: str = ""
 
 
 class IngestBatchRequest(BaseModel):

@@ -50,7 +50,13 @@ def plan(req: IngestRequest) -> IngestPlanRef:
     _logging()
     try:
         cfg = _config(req.config)
-        p = make_plan(cfg, dt.date.fromisoformat(req.today))
+        if req.today:
+            today = dt.date.fromisoformat(req.today)
+        else:  # a scheduled run: today in the exchange's zone, recorded in the plan for every later step
+            from quanto.data.sources import exchange_tz
+
+            today = dt.datetime.now(exchange_tz(cfg.calendar)).date()
+        p = make_plan(cfg, today)
     except (InputError, ValidationError, ValueError) as err:
         raise _non_retryable(err) from err
     lake = Lake(Path(cfg.lake_root))
@@ -66,6 +72,7 @@ def plan(req: IngestRequest) -> IngestPlanRef:
         route=p.decision.route,
         reason=p.decision.reason,
         end=p.end.isoformat(),
+        today=today.isoformat(),
     )
 
 

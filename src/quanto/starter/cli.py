@@ -20,6 +20,7 @@ import typer
 from quanto.config.ingest import IngestConfig
 from quanto.config.loading import ConfigError, load_config
 from quanto.config.models import PipelineConfig
+from quanto.config.schedules import SchedulesConfig
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Quanto: durable quant research on Temporal."
@@ -29,11 +30,13 @@ pipeline_app = typer.Typer(no_args_is_help=True, help="Research pipeline runs.")
 config_app = typer.Typer(no_args_is_help=True, help="Job-file schemas.")
 data_app = typer.Typer(no_args_is_help=True, help="Market data in the lake.")
 features_app = typer.Typer(no_args_is_help=True, help="The feature registry.")
+schedule_app = typer.Typer(no_args_is_help=True, help="Temporal Schedules from configs/schedules.yaml.")
 app.add_typer(server_app, name="server")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
+app.add_typer(schedule_app, name="schedule")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 STATE_DIR = Path(os.environ.get("QUANTO_HOME", ".quanto"))
@@ -53,7 +56,11 @@ def _fail(as_json: bool, code: int, message: str) -> None:
     raise typer.Exit(code)
 
 
-CONFIG_KINDS: dict[str, type] = {"pipeline": PipelineConfig, "ingest": IngestConfig}
+CONFIG_KINDS: dict[str, type] = {
+    "pipeline": PipelineConfig,
+    "ingest": IngestConfig,
+    "schedules": SchedulesConfig,
+}
 
 
 def _load(model: type, path: Path, as_json: bool) -> Any:
@@ -509,6 +516,112 @@ def features_check_lookahead(
     _emit(as_json, {"passed": not bad, "features": results}, text)
     if bad:
         raise typer.Exit(1)
+
+
+# --- schedules ----------------------------------------------------------------------------------------
+
+
+def _schedule_call(as_json: bool, what: str, action: Any) -> Any:
+    """Run one schedule operation against Temporal; a missing schedule or bad input exits 2."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from quanto.starter.client import connect
+
+    async def main() -> Any:
+        return await action(await connect())
+
+    try:
+        return asyncio.run(main())
+    except RPCError as err:
+        code = 2 if err.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT) else 1
+        _fail(as_json, code, f"{what}: {err.message}")
+    except ConfigError as err:
+        _fail(as_json, 2, str(err))
+    except RuntimeError as err:  # the client could not connect
+        from quanto.starter.client import temporal_address
+
+        _fail(as_json, 1, f"{what}: Temporal at {temporal_address()} is not reachable ({err})")
+
+
+@schedule_app.command("apply")
+def schedule_apply(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Schedules file (YAML).")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Create or update Temporal Schedules to match the file; re-applying changes nothing."""
+    from quanto.starter import schedules
+
+    cfg = _load(SchedulesConfig, config, as_json)
+    out = _schedule_call(as_json, "apply", lambda c: schedules.apply(c, cfg, config.parent))
+    text = "\n".join(f"{k:<9} {', '.join(v) or '—'}" for k, v in out.items())
+    _emit(as_json, out, text)
+
+
+@schedule_app.command("ls")
+def schedule_ls(as_json: JsonFlag = False) -> None:
+    """Quanto's schedules: paused or not, next runs, recent runs."""
+    from quanto.starter import schedules
+
+    rows = _schedule_call(as_json, "ls", schedules.list_schedules)
+    text = "\n".join(
+        f"{r['name']:<24} {'paused' if r['paused'] else 'active':<7} next {', '.join(r['next_runs'][:1]) or '—'}"
+        f"  runs {r['runs']}"
+        for r in rows
+    )
+    _emit(
+        as_json, {"schedules": rows}, text or "no schedules; create them with quanto schedule apply -c FILE"
+    )
+
+
+def _schedule_op(name: str, op: str, as_json: bool, *args: Any) -> None:
+    from quanto.starter import schedules
+
+    _schedule_call(as_json, f"schedule {name!r}", lambda c: getattr(schedules, op)(c, name, *args))
+    _emit(as_json, {"schedule": name, "action": op}, f"{op}: {name}")
+
+
+@schedule_app.command("pause")
+def schedule_pause(name: str, as_json: JsonFlag = False) -> None:
+    """Pause a schedule."""
+    _schedule_op(name, "pause", as_json)
+
+
+@schedule_app.command("unpause")
+def schedule_unpause(name: str, as_json: JsonFlag = False) -> None:
+    """Resume a paused schedule."""
+    _schedule_op(name, "unpause", as_json)
+
+
+@schedule_app.command("trigger")
+def schedule_trigger(name: str, as_json: JsonFlag = False) -> None:
+    """Run a schedule's action now."""
+    _schedule_op(name, "trigger", as_json)
+
+
+@schedule_app.command("delete")
+def schedule_delete(name: str, as_json: JsonFlag = False) -> None:
+    """Delete a schedule (runs it started are not affected)."""
+    _schedule_op(name, "delete", as_json)
+
+
+@schedule_app.command("backfill")
+def schedule_backfill(
+    name: str,
+    start: Annotated[str, typer.Option("--from", help="ISO date-time (UTC if no offset).")],
+    end: Annotated[str, typer.Option("--to", help="ISO date-time (UTC if no offset).")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Run every action the schedule would have run between --from and --to."""
+    import datetime as dt
+
+    try:
+        lo, hi = (dt.datetime.fromisoformat(v) for v in (start, end))
+    except ValueError as err:
+        _fail(as_json, 2, f"--from/--to: {err}")
+    lo, hi = (t if t.tzinfo else t.replace(tzinfo=dt.UTC) for t in (lo, hi))
+    if hi <= lo:
+        _fail(as_json, 2, f"--to ({end}) must be after --from ({start})")
+    _schedule_op(name, "backfill", as_json, lo, hi)
 
 
 # --- config -------------------------------------------------------------------------------------------

@@ -28,11 +28,16 @@ def exchange_today(cfg: IngestConfig) -> dt.date:
     return dt.datetime.now(exchange_tz(cfg.calendar)).date()
 
 
-def request_for(cfg: IngestConfig, source: str, today: dt.date) -> IngestRequest:
-    """The workflow input: the validated job file as JSON with the lake root made absolute."""
+def request_for(cfg: IngestConfig, source: str, today: dt.date | None) -> IngestRequest:
+    """The workflow input: the validated job file as JSON with the lake root made absolute.
+
+    `today` None (scheduled runs) lets each run's plan fix the date when it starts.
+    """
     config = cfg.model_dump(mode="json")
     config["lake_root"] = str(Path(cfg.lake_root).expanduser().resolve())
-    return IngestRequest(config=config, config_source=source, config_name=cfg.name, today=today.isoformat())
+    return IngestRequest(
+        config=config, config_source=source, config_name=cfg.name, today=today.isoformat() if today else ""
+    )
 
 
 async def start_ingest(client: Client, cfg: IngestConfig, source: str, today: dt.date):

@@ -134,7 +134,7 @@ class IngestionWorkflow:
         if (vendor_settings.get("stream") or {}).get("enabled"):
             p.stage = "streaming"
             workflow.upsert_search_attributes([search.STAGE.value_set("stream")])
-            stream_result = await self._stream(req, runtime, retry)
+            stream_result = await self._stream(req, plan, runtime, retry)
 
         p.stage = "finalizing"
         workflow.upsert_search_attributes([search.STAGE.value_set("finalize")])
@@ -175,11 +175,13 @@ class IngestionWorkflow:
             seconds=seconds,
         )
 
-    async def _stream(self, req: IngestRequest, runtime: dict, retry: RetryPolicy) -> StreamResult:
+    async def _stream(
+        self, req: IngestRequest, plan: IngestPlanRef, runtime: dict, retry: RetryPolicy
+    ) -> StreamResult:
         """Run the stream activity until it ends (session close / duration) or `stop_stream` arrives."""
         task = workflow.start_activity(
             "ingest.stream",
-            StreamRequest(config=req.config, today=req.today),
+            StreamRequest(config=req.config, today=plan.today or req.today),
             task_queue=QUEUE_IO,
             start_to_close_timeout=timedelta(hours=24),
             heartbeat_timeout=timedelta(seconds=runtime["heartbeat_timeout_s"]),

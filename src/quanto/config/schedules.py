@@ -1,0 +1,70 @@
+"""The schedules job file (configs/schedules.yaml): which jobs Temporal starts, and when."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from quanto.config.models import Strict
+
+Stage = Literal["ingest", "validate", "features", "labels", "train", "walk_forward", "backtest", "report"]
+
+
+class ScheduleEntry(Strict):
+    """One Temporal Schedule: a job file run on a cron calendar in the schedules' time zone.
+
+    kind `ingest` starts IngestionWorkflow (with `end` unset, each run fetches only the new dates);
+    kind `pipeline` starts ResearchPipelineWorkflow, optionally only `until` a stage (validate for a
+    nightly check, features for a weekly refresh, train for monthly retraining).
+    """
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="schedule id: quanto-<name>")
+    kind: Literal["ingest", "pipeline"]
+    config: str = Field(description="the job file, relative to the schedules file's folder")
+    cron: list[str] = Field(min_length=1, description="cron expressions (minute hour day month weekday)")
+    until: Stage | None = Field(None, description="pipeline: stop after this stage")
+    paused: bool = False
+    note: str = ""
+    overlap: Literal["skip", "buffer_one", "allow_all", "cancel_other", "terminate_other"] = Field(
+        "skip", description="what a run does when the previous one is still going"
+    )
+    catchup_window_s: float = Field(
+        3600.0, gt=0, description="after an outage, missed runs younger than this still start"
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, v: list[str]) -> list[str]:
+        for expr in v:
+            if len(expr.split()) != 5:
+                raise ValueError(
+                    f"cron {expr!r} must have 5 fields: minute hour day-of-month month day-of-week"
+                )
+        return v
+
+
+class SchedulesConfig(Strict):
+    """Every schedule of a deployment; `quanto schedule apply` makes Temporal match it."""
+
+    timezone: str = Field("America/New_York", description="IANA zone the cron expressions are read in")
+    schedules: list[ScheduleEntry] = Field(min_length=1)
+
+    @field_validator("schedules")
+    @classmethod
+    def _unique_names(cls, v: list[ScheduleEntry]) -> list[ScheduleEntry]:
+        names = [s.name for s in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"schedule names must be unique, got {names}")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as err:
+            raise ValueError(f"unknown time zone {v!r}") from err
+        return v
