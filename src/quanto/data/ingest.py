@@ -33,7 +33,9 @@ def bronze_folder(vendor: str, timeframe: str, symbol: str, year: int) -> str:
     return f"bronze/bars/vendor={vendor}/timeframe={timeframe}/symbol={symbol}/year={year}"
 
 
-def read_lake_bars(lake: Lake, universe: UniverseConfig) -> tuple[pl.DataFrame, dict[str, Any]]:
+def read_lake_bars(
+    lake: Lake, universe: UniverseConfig, calendar: str = "XNYS"
+) -> tuple[pl.DataFrame, dict[str, Any]]:
     """The universe's bars from what `quanto data ingest` brought into the lake (vendor `lake`),
     adjusted for splits (and dividends) from the ingested corporate actions when asked; raw otherwise."""
     from quanto.data.catalog import open_catalog
@@ -44,12 +46,12 @@ def read_lake_bars(lake: Lake, universe: UniverseConfig) -> tuple[pl.DataFrame, 
         raise InputError(
             f"universe: the lake {lake.root} holds no ingested bars; run `quanto data ingest` first"
         )
-    tz = exchange_tz("XNYS")
-    bars = con.execute(
+    tz = exchange_tz(calendar)  # universe dates are exchange-local days
+    bars = con.sql(
         "SELECT * FROM bars WHERE vendor = ? AND timeframe = ? AND list_contains(?, symbol)"
         " AND CAST(ts AS TIMESTAMPTZ) >= ? AND CAST(ts AS TIMESTAMPTZ) < ? ORDER BY symbol, ts",
-        [universe.source, universe.timeframe, universe.symbols, day_start(universe.start, tz),
-         day_start(universe.end, tz)],
+        params=[universe.source, universe.timeframe, universe.symbols, day_start(universe.start, tz),
+                day_start(universe.end, tz)],
     ).to_arrow_table()  # fmt: skip
     bars = pl.from_arrow(bars)
     note: dict[str, Any] = {"source": universe.source, "adjustment": universe.adjustment}
@@ -60,9 +62,9 @@ def read_lake_bars(lake: Lake, universe: UniverseConfig) -> tuple[pl.DataFrame, 
         return bars, note
     from quanto.data.adjust import adjust_bars
 
-    actions = con.execute(
+    actions = con.sql(
         "SELECT * FROM corporate_actions WHERE vendor = ? AND list_contains(?, symbol)",
-        [universe.source, universe.symbols],
+        params=[universe.source, universe.symbols],
     ).to_arrow_table()
     actions = pl.from_arrow(actions)
     adjusted, skipped = adjust_bars(bars, actions, mode=universe.adjustment)
@@ -76,7 +78,7 @@ def run_ingest(req: StageRequest, ctx: StageContext) -> StageResult:
     cfg = PipelineConfig.model_validate(req.config)
     u = cfg.universe
     if u.vendor == "lake":
-        return _ingest_from_lake(u, ctx)
+        return _ingest_from_lake(u, ctx, cfg.validation.sessions.calendar)
 
     def compute(key: str) -> Materialized:
         outputs, rows, empty = [], 0, []
@@ -102,7 +104,7 @@ def run_ingest(req: StageRequest, ctx: StageContext) -> StageResult:
     return materialize("ingest", ctx, [], u.model_dump(mode="json"), compute)
 
 
-def _ingest_from_lake(u: UniverseConfig, ctx: StageContext) -> StageResult:
+def _ingest_from_lake(u: UniverseConfig, ctx: StageContext, calendar: str) -> StageResult:
     """The universe's slice of the ingested lake, one file per symbol-year. The stage depends on the
     ingested files (their hashes are its inputs), so a nightly top-up re-runs it and nothing else does."""
     from quanto.data.catalog import dataset_refs
@@ -112,7 +114,7 @@ def _ingest_from_lake(u: UniverseConfig, ctx: StageContext) -> StageResult:
         inputs += dataset_refs(ctx.lake, "corporate_actions", u.source)
 
     def compute(key: str) -> Materialized:
-        bars, note = read_lake_bars(ctx.lake, u)
+        bars, note = read_lake_bars(ctx.lake, u, calendar)
         if bars.is_empty():
             raise InputError(
                 f"universe: the lake has no {u.source} {u.timeframe} bars for {u.symbols} between {u.start} and {u.end}"
@@ -133,4 +135,4 @@ def _ingest_from_lake(u: UniverseConfig, ctx: StageContext) -> StageResult:
             },  # fmt: skip
         )
 
-    return materialize("ingest", ctx, inputs, u.model_dump(mode="json"), compute)
+    return materialize("ingest", ctx, inputs, {**u.model_dump(mode="json"), "calendar": calendar}, compute)
