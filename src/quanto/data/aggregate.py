@@ -61,6 +61,8 @@ _PARTIAL_SCHEMA = {
 }
 _LATE_SCHEMA = {"symbol": pl.String, "ts": TS_DTYPE, "price": pl.Float64, "size": pl.Float64}
 Array = Sequence | np.ndarray | pl.Series
+_TRADE_FRAME = 2  # marks a buffered TRADE_SCHEMA frame (raw frames carry their count n, 1 or 0)
+_TRADE_RAW_DTYPES = (("symbol", pl.String), ("ts", TS_DTYPE), ("price", pl.Float64), ("size", pl.Float64))
 
 
 def timeframe_ns(timeframe: str) -> int:
@@ -99,6 +101,11 @@ def _raw_frame(symbols: Array, ts_ns: Array, prices: Array, sizes: Array | None)
     )
 
 
+def _trade_raw(trades: pl.DataFrame) -> pl.DataFrame:
+    """A TRADE_SCHEMA frame's raw rows (symbol, ts Int64 ns, price, size)."""
+    return _raw_frame(trades["symbol"], trades["ts"], trades["price"], trades["size"])
+
+
 def _series(name: str, values: Array, dtype: pl.DataType) -> pl.Series:
     if isinstance(values, pl.Series):
         return (values if values.dtype == dtype else values.cast(dtype)).alias(name)
@@ -110,11 +117,12 @@ def _bar_open(step_ns: int, offset_ns: int) -> pl.Expr:
     return shifted - shifted.mod(step_ns) + offset_ns  # mod is non-negative: floors before 1970 too
 
 
-def _partials(raw: pl.DataFrame, step_ns: int, offset_ns: int) -> pl.DataFrame:
-    """Per-(symbol, bar) partial aggregates of raw rows; ties in ts keep row order."""
+def _partials(raw: pl.DataFrame | pl.LazyFrame, step_ns: int, offset_ns: int) -> pl.LazyFrame:
+    """Per-(symbol, bar) partial aggregates of raw rows (a lazy query); ties in ts keep row order."""
     price, ts = pl.col("price"), pl.col("ts")
     return (
-        raw.with_columns(_bar_open(step_ns, offset_ns).alias("bar"))
+        raw.lazy()
+        .with_columns(_bar_open(step_ns, offset_ns).alias("bar"))
         .group_by("symbol", "bar")
         .agg(
             ts.min().alias("first_ts"),
@@ -130,9 +138,9 @@ def _partials(raw: pl.DataFrame, step_ns: int, offset_ns: int) -> pl.DataFrame:
     )
 
 
-def _merge(earlier: pl.DataFrame, later: pl.DataFrame) -> pl.DataFrame:
+def _merge(earlier: pl.DataFrame, later: pl.LazyFrame) -> pl.LazyFrame:
     """Fold two partial frames; on equal times the earlier frame's rows come first (stable)."""
-    both = pl.concat([earlier, later], how="vertical")
+    both = pl.concat([earlier.lazy(), later], how="vertical")
     return both.group_by("symbol", "bar").agg(
         pl.col("first_ts").min(),
         pl.col("open").sort_by("first_ts", maintain_order=True).first(),
@@ -146,11 +154,12 @@ def _merge(earlier: pl.DataFrame, later: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _finish(partials: pl.DataFrame, timeframe: str, vendor: str) -> pl.DataFrame:
+def _finish(partials: pl.DataFrame | pl.LazyFrame, timeframe: str, vendor: str) -> pl.DataFrame:
     """Partial aggregates to canonical BAR_SCHEMA bars sorted by (symbol, ts)."""
     volume = pl.col("volume")
-    return (
-        partials.select(
+    return (  # one lazy query: eager select, cast and sort would each run one
+        partials.lazy()
+        .select(
             pl.col("symbol"),
             pl.col("bar").cast(TS_DTYPE).alias("ts"),
             pl.lit(timeframe).alias("timeframe"),
@@ -166,6 +175,7 @@ def _finish(partials: pl.DataFrame, timeframe: str, vendor: str) -> pl.DataFrame
         )
         .cast(_BAR_PL_SCHEMA)  # type: ignore[arg-type]
         .sort("symbol", "ts")
+        .collect()
     )
 
 
@@ -247,8 +257,17 @@ class BarAggregator:
         """Add a TRADE_SCHEMA frame (e.g. `StreamBatch.trades`)."""
         if not trades.height:
             return
-        # Eager Series ops: a (lazy) select per micro-batch costs far more than the batch itself.
-        self._add(_raw_frame(trades["symbol"], trades["ts"], trades["price"], trades["size"]), 1)
+        names = trades.columns
+        dtypes = trades.dtypes
+        if not all(c in names and dtypes[names.index(c)] == d for c, d in _TRADE_RAW_DTYPES):
+            # Other dtypes (or missing columns): normalize now, so any error is raised here.
+            self._add(_trade_raw(trades), 1)
+            return
+        # A canonical frame is kept as is and projected to raw rows when folded, once for many
+        # micro-batches: building a raw frame per (small) batch costs more than its share of the fold.
+        phys = trades.get_column("ts").cast(pl.Int64)  # (to_physical runs a query: far slower)
+        self._note(trades.height, phys.min(), phys.max())  # type: ignore[arg-type]
+        self._pending.append((trades, _TRADE_FRAME))
 
     def add_cumulative_volume_ticks(
         self, symbols: Array, ts_ns: Array, prices: Array, cumulative_volumes: Array
@@ -339,25 +358,53 @@ class BarAggregator:
         if not raw.height:
             return
         ts = raw["ts"]
-        top, bottom = ts.max(), ts.min()
-        self._max_ts = top if self._max_ts is None else max(self._max_ts, top)  # type: ignore[type-var]
-        self._pending_min = bottom if self._pending_min is None else min(self._pending_min, bottom)  # type: ignore[type-var]
         self._pending.append((raw, n))
-        self._pending_rows += raw.height
-        self.rows_in += raw.height
+        self._note(raw.height, ts.min(), ts.max())  # type: ignore[arg-type]
+
+    def _note(self, rows: int, bottom: int, top: int) -> None:
+        """Account for `rows` just buffered with times in [bottom, top] (int ns); fold when due."""
+        self._max_ts = top if self._max_ts is None else max(self._max_ts, top)
+        self._pending_min = bottom if self._pending_min is None else min(self._pending_min, bottom)
+        self._pending_rows += rows
+        self.rows_in += rows
         if self._pending_rows >= self._compact_rows:
             self._compact()
+
+    def _pending_raw(self) -> pl.DataFrame:
+        """The buffered micro-batches as one raw frame (symbol, ts Int64 ns, price, size, n), in order.
+
+        Entries are raw frames with n = 1 (trades) or 0 (ticks), or TRADE_SCHEMA frames (marked `_TRADE_FRAME`)
+        kept as added; consecutive entries of one sort are concatenated before they are projected.
+        """
+        runs: list[tuple[list[pl.DataFrame], int]] = []
+        for frame, n in self._pending:
+            if runs and runs[-1][1] == n:
+                runs[-1][0].append(frame)
+            else:
+                runs.append(([frame], n))
+        parts = []
+        for frames, n in runs:
+            if n == _TRADE_FRAME:
+                try:
+                    part = _trade_raw(pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0])
+                except pl.exceptions.PolarsError:  # frames with different extra columns or dtypes
+                    part = pl.concat([_trade_raw(f) for f in frames], how="vertical")
+                n = 1
+            else:
+                part = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
+            parts.append(part.hstack([pl.Series("n", np.full(part.height, n, dtype=np.int64))]))
+        return pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]
 
     def _compact(self) -> None:
         """Fold buffered rows into the partial bars; rows for already-emitted bars become late."""
         if not self._pending:
             return
-        frames = [f for f, _ in self._pending]
-        counts = np.repeat([n for _, n in self._pending], [f.height for f in frames])
-        raw = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
-        raw = raw.with_columns(pl.Series("n", counts, dtype=pl.Int64))
+        raw = self._pending_raw()
+        earliest = self._earliest_end(state=False)
         self._pending, self._pending_rows, self._pending_min = [], 0, None
-        if self._closed_ns is not None:
+        # Rows can be late only when the earliest buffered bar ended by the closed mark (the usual
+        # stream has none: skip the filter then).
+        if self._closed_ns is not None and (earliest is None or earliest <= self._closed_ns):
             is_late = (_bar_open(self._step, self._offset) + self._step) <= self._closed_ns
             late = raw.filter(is_late)
             if late.height:
@@ -365,19 +412,19 @@ class BarAggregator:
                 self._late.append(late.select("symbol", pl.col("ts").cast(TS_DTYPE), "price", "size"))
                 raw = raw.filter(~is_late)
         partials = _partials(raw, self._step, self._offset)
-        self._set_state(_merge(self._state, partials) if self._state.height else partials)
+        self._set_state((_merge(self._state, partials) if self._state.height else partials).collect())
 
     def _set_state(self, state: pl.DataFrame) -> None:
         self._state = state
         self._state_min_bar = state["bar"].min() if state.height else None  # type: ignore[assignment]
 
-    def _earliest_end(self) -> int | None:
-        """End of the earliest open bar (buffered or folded), None when nothing is open."""
+    def _earliest_end(self, *, state: bool = True) -> int | None:
+        """End of the earliest open bar (buffered, or folded too with `state`), None when nothing is open."""
         ends = []
         if self._pending_min is not None:
             shifted = self._pending_min - self._offset
             ends.append(shifted - shifted % self._step + self._offset + self._step)
-        if self._state_min_bar is not None:
+        if state and self._state_min_bar is not None:
             ends.append(self._state_min_bar + self._step)
         return min(ends) if ends else None
 

@@ -45,6 +45,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from operator import itemgetter
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -152,6 +153,50 @@ def raw_text(data: Any) -> str:
         return repr(data)
 
 
+try:  # private: the constructors pl.Series / pl.DataFrame themselves end in (see _list_series)
+    from polars._plr import PyDataFrame, PySeries
+except ImportError:  # another polars layout: always take the public path
+    PyDataFrame = PySeries = None
+
+
+def _list_constructor(dtype: pl.DataType) -> tuple[Callable | None, pl.DataType | None]:
+    """The PySeries constructor `pl.Series(name, values, dtype=dtype)` itself calls for a list of
+    values, and the dtype it then casts to (Datetime is built from Int64); (None, None) if unknown."""
+    if PySeries is None:
+        return None, None
+    if dtype == pl.String:
+        return getattr(PySeries, "new_str", None), None
+    if dtype == pl.Float64:
+        return getattr(PySeries, "new_opt_f64", None), None
+    if dtype == pl.Int64:
+        return getattr(PySeries, "new_opt_i64", None), None
+    if isinstance(dtype, pl.Datetime):
+        return getattr(PySeries, "new_opt_i64", None), dtype
+    return None, None
+
+
+# Per kind, (name, dtype, constructor, cast to) per column. The direct constructors skip pl.Series'
+# per-call dtype dispatch, which costs more than converting a stream frame's few hundred values; on
+# any error the public pl.Series call decides, so the result (value or exception) is the same.
+_PLANS = {
+    kind: [(name, dtype, *_list_constructor(dtype)) for name, dtype in schema.items()]
+    for kind, schema in _SCHEMAS.items()
+}
+
+
+_TS_PLAN = _list_constructor(TS_DTYPE)
+
+
+def _list_series(name: str, values: list, dtype: pl.DataType, ctor: Callable | None, cast: Any) -> pl.Series:
+    if ctor is not None:
+        try:
+            series = pl.Series._from_pyseries(ctor(name, values, True))
+            return series if cast is None else series.cast(cast)
+        except Exception:  # noqa: BLE001, S110 - the public call below raises or converts as polars does
+            pass
+    return pl.Series(name, values, dtype=dtype)
+
+
 def build_frame(kind: str, columns: dict[str, list | pl.Series]) -> pl.DataFrame:
     """A frame of `kind`'s canonical schema from columns (lists or Series); timestamp columns may
     hold int ns since the epoch.
@@ -159,14 +204,25 @@ def build_frame(kind: str, columns: dict[str, list | pl.Series]) -> pl.DataFrame
     Strict: a value of the wrong type raises (TypeError, ValueError, polars errors), so callers
     isolate the bad messages with `build_isolating`.
     """
-    return pl.DataFrame(
-        [
-            values.alias(name)
-            if isinstance(values := columns[name], pl.Series)
-            else pl.Series(name, values, dtype=dtype)
-            for name, dtype in _SCHEMAS[kind].items()
-        ]
-    )
+    return _frame_of(_build_series(kind, columns))
+
+
+def _build_series(kind: str, columns: dict[str, list | pl.Series]) -> list[pl.Series]:
+    return [
+        values.alias(name)
+        if isinstance(values := columns[name], pl.Series)
+        else _list_series(name, values, dtype, ctor, cast)
+        for name, dtype, ctor, cast in _PLANS[kind]
+    ]
+
+
+def _frame_of(series: list[pl.Series]) -> pl.DataFrame:
+    if PyDataFrame is not None:
+        try:  # what pl.DataFrame(series) ends in, without its per-call schema handling
+            return pl.DataFrame._from_pydf(PyDataFrame([s._s for s in series]))
+        except Exception:  # noqa: BLE001, S110 - e.g. unequal lengths: the public call raises as polars does
+            pass
+    return pl.DataFrame(series)
 
 
 _BUILD_ERRORS = (KeyError, TypeError, ValueError, AttributeError, OverflowError, pl.exceptions.PolarsError)
@@ -182,7 +238,8 @@ def build_isolating(
     (a missing price, an unparseable time) are rejected too.
     """
     try:
-        frame = build_frame(kind, columns(msgs))
+        series = _build_series(kind, columns(msgs))
+        frame = _frame_of(series)
     except _BUILD_ERRORS as exc:
         if len(msgs) == 1:
             return _EMPTY[kind], [RejectedMessage(raw_text(msgs[0]), f"{kind}: {_describe(exc)}")]
@@ -191,7 +248,7 @@ def build_isolating(
         frame = pl.concat(good, how="vertical") if good else _EMPTY[kind]
         return frame, [r for _, rej in parts for r in rej]
     rejected: list[RejectedMessage] = []
-    nulls = [c for c in required if frame[c].null_count()]
+    nulls = [name for name, i in _REQUIRED_AT[kind, tuple(required)] if series[i].has_nulls()]
     if nulls:
         bad = pl.any_horizontal(pl.col(c).is_null() for c in nulls)
         idx = frame.select(bad.arg_true()).to_series().to_list()
@@ -200,6 +257,19 @@ def build_isolating(
             rejected.append(RejectedMessage(raw_text(msgs[i]), f"{kind}: missing or invalid {missing}"))
         frame = frame.filter(~bad)
     return frame, rejected
+
+
+class _RequiredAt(dict):
+    """(kind, required columns) → [(name, position in the kind's schema)], computed once per key."""
+
+    def __missing__(self, key: tuple[str, tuple[str, ...]]) -> list[tuple[str, int]]:
+        kind, required = key
+        names = list(_SCHEMAS[kind])
+        value = self[key] = [(c, names.index(c)) for c in required]
+        return value
+
+
+_REQUIRED_AT = _RequiredAt()
 
 
 def _describe(exc: BaseException) -> str:
@@ -224,17 +294,20 @@ def ms_to_ns(values: list) -> list:
     return [v * 1_000_000 for v in values]
 
 
+_LAST, _BUT_LAST = itemgetter(-1), itemgetter(slice(None, -1))
+
+
 def rfc3339_to_ns(values: list, name: str = "ts") -> pl.Series:
     """RFC 3339 strings (`...Z` or `+hh:mm`, up to ns fraction) to UTC ns; unparseable → null."""
     # Fast path for the usual `...Z` form: numpy's ISO parser costs a third of polars' per frame.
     # Anything else (offsets, bad values, non-strings) takes the polars path, which nulls bad values.
+    # (C-level maps, not comprehensions: this runs for every message of every Alpaca frame.)
     try:
-        utc = [v[:-1] for v in values if v[-1:] == "Z"]
-        if len(utc) == len(values):
-            parsed = np.array(utc, dtype="datetime64[ns]")
+        if set(map(type, values)) == {str} and set(map(_LAST, values)) == {"Z"}:
+            parsed = np.array(list(map(_BUT_LAST, values)), dtype="datetime64[ns]")
             if not np.isnat(parsed).any():
-                return pl.Series(name, parsed.view(np.int64), dtype=TS_DTYPE)
-    except (TypeError, ValueError):
+                return _list_series(name, parsed.view(np.int64).tolist(), TS_DTYPE, *_TS_PLAN)
+    except (TypeError, ValueError, IndexError):
         pass
     return pl.Series(name, values, dtype=pl.String, strict=False).str.to_datetime(
         "%Y-%m-%dT%H:%M:%S%.f%#z", time_unit="ns", time_zone="UTC", strict=False
@@ -262,8 +335,29 @@ def _conditions(c: Any) -> str | None:
     return str(c)
 
 
-def _opt_str(v: Any) -> str | None:
-    return None if v is None else str(v)
+def _conditions_column(msgs: list) -> list:
+    """`_conditions` of every message's `c`; cached code lists are looked up without a call each."""
+    codes = [m.get("c") for m in msgs]
+    if set(map(type, codes)) == {list}:
+        try:
+            return list(map(_CONDITIONS.__getitem__, map(tuple, codes)))
+        except (KeyError, TypeError):  # a new combination (cached below) or unhashable codes
+            pass
+    return [_conditions(c) for c in codes]
+
+
+def _trade_ids(msgs: list) -> list | pl.Series:
+    """Trade ids (`i`) as text: strings kept, integers formatted in one vectorized cast."""
+    ids = [m.get("i") for m in msgs]
+    types = set(map(type, ids))
+    if types <= {str, type(None)}:  # Polygon
+        return ids
+    if types == {int} and PySeries is not None:  # Alpaca; bools are not ints here (type, not isinstance)
+        try:
+            return pl.Series._from_pyseries(PySeries.new_opt_i64("trade_id", ids, True)).cast(pl.String)
+        except (TypeError, OverflowError, ValueError):  # beyond int64: format in Python
+            pass
+    return [None if i is None else str(i) for i in ids]
 
 
 # --- Protocols ------------------------------------------------------------------------------------
@@ -364,9 +458,14 @@ class JsonArrayProtocol(StreamProtocol):
         elif not isinstance(msgs, list):
             batch.rejected.append(RejectedMessage(raw_text(frame), "frame is not a JSON array or object"))
             return batch
-        groups: dict[str, list] = {}
         key = self.type_key
-        for m in msgs:
+        try:  # the usual frame: every message has the same (string) type
+            types = [m[key] for m in msgs]
+            uniform = bool(types) and type(types[0]) is str and types.count(types[0]) == len(types)
+        except (TypeError, KeyError, IndexError):
+            uniform = False
+        groups: dict[str, list] = {types[0]: msgs} if uniform else {}
+        for m in () if uniform else msgs:
             try:
                 groups.setdefault(m[key], []).append(m)
             except (TypeError, KeyError, IndexError):
@@ -414,13 +513,14 @@ def _trade_columns(symbol: str, ts: Callable[[list], Any]) -> Callable[[list, st
     (Alpaca: S + RFC 3339; Polygon: sym + epoch ms); price p, size s, id i and conditions c are shared."""
 
     def build(msgs: list, vendor: str) -> dict:
+        # No per-element Python calls: this runs for every trade of every frame.
         return {
             "symbol": [m[symbol] for m in msgs],
             "ts": ts([m["t"] for m in msgs]),
             "price": [m["p"] for m in msgs],
             "size": [m["s"] for m in msgs],
-            "trade_id": [_opt_str(m.get("i")) for m in msgs],
-            "conditions": [_conditions(m.get("c")) for m in msgs],
+            "trade_id": _trade_ids(msgs),
+            "conditions": _conditions_column(msgs),
             "vendor": constant("vendor", vendor, pl.String, len(msgs)),
         }
 
