@@ -16,6 +16,13 @@ BASE = {"name": "t", "universe": {"symbols": ["AAPL"], "start": "2010-01-01", "e
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
+    if path.name == "schedules.yaml":
+        from quanto.config.schedules import SchedulesConfig
+
+        schedules = load_config(SchedulesConfig, path)
+        for entry in schedules.schedules:  # every schedule names a shipped job file that validates
+            assert (path.parent / entry.config).is_file(), entry.config
+        return
     if path.name.startswith("ingest"):
         import datetime as dt
 

@@ -11,11 +11,10 @@ import hashlib
 import json
 import os
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
-from quanto.config.models import RuntimeConfig, Strict, SyntheticSpec, unique_symbols
+from quanto.config.models import RuntimeConfig, Strict, SyntheticSpec, known_timezone, unique_symbols
 
 Vendor = Literal["alpaca", "polygon", "kite", "files", "sample", "synthetic"]
 Dataset = Literal[
@@ -148,14 +147,7 @@ class FileImportSpec(Strict):
             raise ValueError(f"columns must map {missing} to the file's column names")
         return v
 
-    @field_validator("timezone")
-    @classmethod
-    def _known_timezone(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as e:
-            raise ValueError(f"unknown timezone {v!r}; use an IANA name such as 'America/New_York'") from e
-        return v
+    _known_timezone = field_validator("timezone")(lambda cls, v: known_timezone(v))
 
     @model_validator(mode="after")
     def _consistent(self) -> FileImportSpec:

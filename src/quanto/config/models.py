@@ -19,6 +19,17 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def known_timezone(v: str) -> str:
+    """Validator of IANA time-zone names."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError) as err:
+        raise ValueError(f"unknown timezone {v!r}; use an IANA name such as 'America/New_York'") from err
+    return v
+
+
 def unique_symbols(v: list[str]) -> list[str]:
     """Validator of symbol lists: unique and non-empty names."""
     if len(set(v)) != len(v):

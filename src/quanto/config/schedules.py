@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from quanto.config.models import Strict
+from quanto.config.models import Strict, known_timezone
 
 Stage = Literal["ingest", "validate", "features", "labels", "train", "walk_forward", "backtest", "report"]
 
@@ -58,13 +58,4 @@ class SchedulesConfig(Strict):
             raise ValueError(f"schedule names must be unique, got {names}")
         return v
 
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, v: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as err:
-            raise ValueError(f"unknown time zone {v!r}") from err
-        return v
+    _zone = field_validator("timezone")(lambda cls, v: known_timezone(v))

@@ -27,8 +27,8 @@ with workflow.unsafe.imports_passed_through():
         StreamResult,
     )
     from quanto.workflows import search
+    from quanto.workflows.retry import activity_retry
 
-NON_RETRYABLE = ["InputError", "ConfigError", "SchemaError", "VendorRequestError", "ValidationError"]
 TOTAL_KEYS = ("fetched", "skipped", "rows", "rejected", "files", "requests", "retries", "throttled")
 
 
@@ -54,13 +54,7 @@ class IngestionWorkflow:
     async def run(self, req: IngestRequest) -> IngestResult:
         cfg = req.config
         runtime = cfg["runtime"]
-        retry = RetryPolicy(
-            initial_interval=timedelta(seconds=1),
-            backoff_coefficient=2.0,
-            maximum_interval=timedelta(seconds=60),
-            maximum_attempts=runtime["max_attempts"],
-            non_retryable_error_types=NON_RETRYABLE,
-        )
+        retry = activity_retry(runtime["max_attempts"])
         timeouts = {
             "start_to_close_timeout": timedelta(seconds=runtime["stage_timeout_s"]),
             "heartbeat_timeout": timedelta(seconds=runtime["heartbeat_timeout_s"]),

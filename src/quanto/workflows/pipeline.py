@@ -19,8 +19,7 @@ with workflow.unsafe.imports_passed_through():
         StageStatus,
     )
     from quanto.workflows import search
-
-NON_RETRYABLE = ["InputError", "ConfigError", "SchemaMismatch"]
+    from quanto.workflows.retry import activity_retry
 
 
 @workflow.defn(name="ResearchPipelineWorkflow")
@@ -38,13 +37,7 @@ class ResearchPipelineWorkflow:
     @workflow.run
     async def run(self, req: PipelineRequest) -> PipelineResult:
         runtime = req.config["runtime"]
-        retry = RetryPolicy(
-            initial_interval=timedelta(seconds=1),
-            backoff_coefficient=2.0,
-            maximum_interval=timedelta(seconds=60),
-            maximum_attempts=runtime["max_attempts"],
-            non_retryable_error_types=NON_RETRYABLE,
-        )
+        retry = activity_retry(runtime["max_attempts"])
         workflow.upsert_search_attributes(
             [search.KIND.value_set("pipeline"), search.CONFIG.value_set(req.config_name)]
         )
