@@ -131,6 +131,7 @@ class IngestRequest(BaseModel):
     totals: dict[str, int] = Field(default_factory=dict)
     plan: IngestPlanRef | None = None
     seconds_before: float = 0.0
+    stop_stream: bool = False  # a stop_stream signal received before a continue-as-new
 
 
 class IngestPlanRef(BaseModel):
@@ -200,6 +201,7 @@ class StreamResult(BaseModel):
     reconnects: int = 0
     gaps: int = 0
     backfilled_rows: int = 0
+    backfill_failures: int = 0
     rejected: int = 0
     files: int = 0
 

@@ -96,6 +96,10 @@ async def test_apply_is_idempotent_and_a_triggered_run_completes(session_worker,
                  "--json", cwd=tmp_path)  # fmt: skip
     assert bad.returncode == 2 and "must be after" in json.loads(bad.stdout)["error"]
 
+    refused = quanto("schedule", "backfill", "it-nightly-ingest", "--from", "2024-01-01", "--to", "2024-01-05",
+                     "--json", cwd=tmp_path)  # fmt: skip
+    assert refused.returncode == 2 and "fetch today again" in json.loads(refused.stdout)["error"]
+
     for name in ("it-nightly-ingest", "it-validate"):
         assert quanto("schedule", "delete", name, cwd=tmp_path).returncode == 0
     gone = quanto("schedule", "pause", "it-validate", "--json", cwd=tmp_path)

@@ -313,3 +313,33 @@ def test_daily_flat_files_are_stamped_at_the_session_open_like_rest(tmp_path):
         dt.datetime(d.year, d.month, d.day, 13, 30, tzinfo=dt.UTC)
         for d in days  # 09:30 EDT
     ]
+
+
+def test_a_flat_file_not_yet_published_is_fetched_by_the_next_run(tmp_path):
+    days = trading_days("XNYS", D(2024, 3, 4), D(2024, 3, 7))  # Mon..Wed
+    files = make_flat_files(days, ["AAPL", "MSFT"], "1min", seed=5, minutes=5)
+    files.write_local(tmp_path / "flat")
+    late = tmp_path / "flat" / files[days[-1]].key
+    late.unlink()  # Wednesday's file is published the next morning
+    cfg = cfg_for(
+        tmp_path, vendor="polygon", symbols=[], timeframe="1min", start="2024-03-04", end="2024-03-07",
+        polygon={"flat_files": {"root": str(tmp_path / "flat")}},
+    )  # fmt: skip
+    lake = Lake(cfg.lake_root)
+    first = ingest_sync(
+        plan(cfg, TODAY).partitions, cfg, RunContext(lake=lake, record=False, today=D(2024, 3, 7))
+    )
+    assert [o.rows for o in first] == [10, 10, 0]
+    files.write_local(tmp_path / "flat")  # now published
+    again = ingest_sync(
+        plan(cfg, TODAY).partitions, cfg, RunContext(lake=lake, record=False, today=D(2024, 3, 8))
+    )
+    assert [o.status for o in again] == ["skipped", "skipped", "fetched"] and again[2].rows == 10
+    assert run_sql(lake, "SELECT count(*) FROM bars")["rows"][0][0] == 30
+    # Long past, an empty answer is final: a day that never had a file stays covered and is not asked again.
+    late.unlink()
+    old = cfg.model_copy(update={"end": D(2024, 3, 7)})
+    skipped = ingest_sync(
+        plan(old, TODAY).partitions, old, RunContext(lake=lake, record=False, today=D(2024, 6, 1))
+    )
+    assert [o.status for o in skipped] == ["skipped"] * 3

@@ -89,7 +89,12 @@ def fetch(req: IngestBatchRequest) -> IngestBatchResult:
     lo = req.batch * req.plan.batch_size
     parts = [Partition.model_validate(p) for p in body["partitions"][lo : lo + req.plan.batch_size]]
     info = activity.info()
-    ctx = RunContext(lake=lake, workflow_id=info.workflow_id, run_id=info.workflow_run_id)
+    ctx = RunContext(
+        lake=lake,
+        workflow_id=info.workflow_id,
+        run_id=info.workflow_run_id,
+        today=dt.date.fromisoformat(req.plan.today) if req.plan.today else dt.date.today(),
+    )
     timeout = info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else 30.0
     with Heartbeat(ctx, interval=max(0.5, timeout / 4)):
         try:

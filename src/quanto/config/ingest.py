@@ -205,6 +205,9 @@ class IngestConfig(Strict):
     start: dt.date
     end: dt.date | None = None
     calendar: str = Field("XNYS", description="exchange_calendars code: trading days and sessions")
+    empty_settle_days: int = Field(
+        5, ge=0, description="an empty answer about the last N days is asked again on the next run"
+    )
     alpaca: AlpacaSettings = AlpacaSettings()
     polygon: PolygonSettings = PolygonSettings()
     kite: KiteSettings = KiteSettings()
@@ -230,6 +233,8 @@ class IngestConfig(Strict):
             raise ValueError(f"symbols: vendor {self.vendor!r} dataset {self.dataset!r} needs symbols")
         if self.vendor == "files" and self.files is None:
             raise ValueError("files: vendor 'files' needs a files section (paths, columns, timezone)")
+        if self.vendor == "kite" and self.calendar == "XNYS":
+            raise ValueError("calendar: Kite instruments trade on Indian exchanges; set calendar: XBOM")
         if self.vendor == "synthetic" and self.timeframe != "1min":
             raise ValueError("the synthetic vendor generates 1min bars; set timeframe: 1min")
         if self.routing.mode == "flat_files" and not flat:

@@ -84,7 +84,11 @@ def dataset_files(lake: Lake) -> dict[str, DatasetFiles]:
     # of a stream outage after everything else, since the stream's bars at a gap's edges are partial.
     entries = [f for m in [*series, *newest.values()] for f in m["files"]]
     for f in sorted(entries, key=lambda f: f.get("origin") == "backfill"):
-        out[f["role"]].paths.append(str(lake.abspath(f["path"])))
+        path = str(lake.abspath(f["path"]))
+        paths = out[f["role"]].paths
+        if path in paths:  # identical content listed twice (e.g. the same rejects): read it once,
+            paths.remove(path)  # at its latest position
+        paths.append(path)
     by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for m in series:
         for role in {f["role"] for f in m["files"]}:

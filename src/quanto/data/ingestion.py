@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from quanto.config.ingest import IngestConfig
 from quanto.contracts import FileRef
-from quanto.data.partitions import Partition
+from quanto.data.partitions import Partition, trading_days
 from quanto.data.sources import PartitionData, Sources
 from quanto.lake.storage import Lake
 
@@ -103,6 +103,7 @@ class RunContext:
     dsn: str | None = None
     progress: Callable[[int, int, str], None] = lambda done, total, note="": None
     heartbeat_details: Any = None  # partitions finish with their manifests: nothing else to resume from
+    today: dt.date = field(default_factory=dt.date.today)  # the run's "today" (the plan's, in workflows)
     outcomes: list[PartitionOutcome] = field(default_factory=list)
     request_stats: dict[str, Any] = field(default_factory=dict)  # requests, retries, 429s per vendor
 
@@ -188,8 +189,15 @@ def save_partition_manifest(
     return new
 
 
-async def ingest_partition(part: Partition, sources: Sources, ctx: RunContext) -> PartitionOutcome:
-    """Fetch what the partition lacks of [fetch_start, fetch_end), write it, then its manifest."""
+async def ingest_partition(
+    part: Partition, sources: Sources, ctx: RunContext, calendar: str = "XNYS", settle_days: int = 5
+) -> PartitionOutcome:
+    """Fetch what the partition lacks of [fetch_start, fetch_end), write it, then its manifest.
+
+    A range with trading sessions that comes back empty counts as covered only once it is older than
+    `settle_days` before `ctx.today`: vendors publish late (flat files the next morning), so an empty
+    answer about recent days means "not yet", and the next run asks again.
+    """
     t0 = time.perf_counter()
     manifest = load_partition_manifest(ctx.lake, part)
     covered = _ranges(manifest["covered"]) if manifest else []
@@ -206,6 +214,11 @@ async def ingest_partition(part: Partition, sources: Sources, ctx: RunContext) -
         new_files += len(entries)
         rows += fetched.rows
         rejected += fetched.rejected_rows
+        recent = end > ctx.today - dt.timedelta(days=settle_days)
+        if fetched.rows == 0 and recent and trading_days(calendar, start, end):
+            log.info("empty recent range left open for the next run", partition=part.label(),
+                     start=str(start), end=str(end))  # fmt: skip
+            continue
         covered.append((start, end))
     save_partition_manifest(ctx, part, covered, files)
     outcome = PartitionOutcome(
@@ -240,7 +253,7 @@ async def ingest_partitions(
         async def one(i: int, part: Partition) -> None:
             nonlocal done
             async with limit:
-                outcomes[i] = await ingest_partition(part, sources, ctx)
+                outcomes[i] = await ingest_partition(part, sources, ctx, cfg.calendar, cfg.empty_settle_days)
             done += 1
             ctx.progress(done, len(parts), part.label())
 

@@ -2,7 +2,8 @@
 
 Everything the stream delivers lands in today's stream partition (bronze/<kind>/vendor=<v>/timeframe=1min/
 date=<today>/), whose manifest lists each micro-batch file as it is written, so a crash loses at most
-the rows still buffered — and those are re-delivered as a gap and backfilled after the restart.
+the rows still buffered. A restarted follower does not yet backfill what a crash lost (the gap
+detector starts empty); gaps from disconnects it saw are backfilled over REST.
 Trades and ticks are also aggregated to 1-minute bars as they arrive.
 """
 
@@ -32,18 +33,22 @@ STREAM_TIMEFRAME = "1min"
 
 
 def stream_partition(cfg: IngestConfig, today: dt.date) -> Partition:
-    """Today's stream partition of the job's vendor (every symbol of the day in one folder)."""
+    """Today's stream partition of the job: its symbols, channels and vendor options are part of its
+    identity, so two streaming jobs on one vendor never share (and overwrite) a manifest."""
+    from quanto.data.partitions import vendor_settings
+
     tomorrow = today + dt.timedelta(days=1)
     return Partition(
         vendor=cfg.vendor,
         dataset="bars",
         timeframe=STREAM_TIMEFRAME,
         route="stream",
-        symbols=(),
+        symbols=tuple(sorted(cfg.symbols)),
         start=today,
         end=tomorrow,
         fetch_start=today,
         fetch_end=tomorrow,
+        settings={**vendor_settings(cfg), "channels": sorted(cfg.stream().channels)},
     )
 
 
@@ -107,6 +112,10 @@ class _StreamWriter:
         written = dt.datetime.now(dt.UTC).isoformat()
         self.files.append({**ref.model_dump(), **stamp, "written_at": written, "origin": origin})
         self.rows[kind] = self.rows.get(kind, 0) + frame.height
+        # Merge with what is on disk now (another attempt of this activity may have written since).
+        current = load_partition_manifest(self.ctx.lake, self.part)
+        known = {f["path"] for f in self.files}
+        self.files = [*(f for f in (current or {}).get("files", []) if f["path"] not in known), *self.files]
         save_partition_manifest(self.ctx, self.part, [(self.part.start, self.part.end)], self.files)
 
 
@@ -229,13 +238,20 @@ async def _follow(
         finally:
             stop.set()
             await watcher
-            if backfills:
-                await asyncio.gather(*backfills)
+            # Buffered rows first: a failed backfill must not cost the stream's own data.
             if derive_bars:
                 bars = aggregator.flush()
                 if bars.height:
                     batcher.add("bars", bars)
             batcher.flush_all()
+            pending = asyncio.ensure_future(asyncio.gather(*backfills, return_exceptions=True))
+            while not pending.done():  # keep the activity alive while slow backfills finish
+                heartbeat({"state": "backfilling", "gaps": result.gaps})
+                await asyncio.wait([pending], timeout=1.0)
+            for outcome in pending.result():
+                if isinstance(outcome, BaseException):
+                    result.backfill_failures += 1
+                    log.warning("stream gap backfill failed; the gap stays open", error=str(outcome)[:300])
     result.reconnects = stats.reconnects
     result.bars = writer.rows.get("bars", 0)
     result.trades = writer.rows.get("trades", 0)

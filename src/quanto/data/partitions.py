@@ -228,13 +228,15 @@ def plan(cfg: IngestConfig, today: dt.date) -> Plan:
                 )
             )
     elif decision.route == "files":
+        # One partition for the job's files; an open-ended job keeps its identity as days pass, so a
+        # nightly run imports only the new dates.
         parts.append(
             Partition(
                 **common,
                 route="files",
                 symbols=(),
                 start=cfg.start,
-                end=end,
+                end=cfg.end or dt.date.max,
                 fetch_start=cfg.start,
                 fetch_end=end,
             )

@@ -21,6 +21,7 @@ from quanto.config.ingest import IngestConfig
 from quanto.config.loading import ConfigError, load_config
 from quanto.config.models import PipelineConfig
 from quanto.config.schedules import SchedulesConfig
+from quanto.errors import InputError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Quanto: durable quant research on Temporal."
@@ -535,8 +536,8 @@ def _schedule_call(as_json: bool, what: str, action: Any) -> Any:
     except RPCError as err:
         code = 2 if err.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT) else 1
         _fail(as_json, code, f"{what}: {err.message}")
-    except ConfigError as err:
-        _fail(as_json, 2, str(err))
+    except InputError as err:  # ConfigError included
+        _fail(as_json, 2, f"{what}: {err}" if not isinstance(err, ConfigError) else str(err))
     except RuntimeError as err:  # the client could not connect
         from quanto.starter.client import temporal_address
 

@@ -34,6 +34,7 @@ from quanto.config.loading import load_config
 from quanto.config.models import PipelineConfig
 from quanto.config.schedules import ScheduleEntry, SchedulesConfig
 from quanto.contracts import QUEUE_CONTROL
+from quanto.errors import InputError
 from quanto.workflows import search
 
 PREFIX = "quanto-"
@@ -184,8 +185,19 @@ async def trigger(client: Client, name: str) -> None:
 
 
 async def backfill(client: Client, name: str, start: dt.datetime, end: dt.datetime) -> None:
-    """Run the actions the schedule would have run between `start` and `end`."""
-    await client.get_schedule_handle(schedule_id(name)).backfill(
+    """Run the actions the schedule would have run between `start` and `end`.
+
+    Refused for ingestion schedules: their runs plan up to the day they start, so backfilled copies
+    would all fetch "today" again; an ingestion job with `start`/`end` backfills history instead.
+    """
+    handle = client.get_schedule_handle(schedule_id(name))
+    action = (await handle.describe()).schedule.action
+    if getattr(action, "workflow", None) == "IngestionWorkflow":
+        raise InputError(
+            f"schedule {name!r} ingests up to the day each run starts: backfilling it would fetch today "
+            "again; run `quanto data ingest` with the start and end you want instead"
+        )
+    await handle.backfill(
         ScheduleBackfill(start_at=start, end_at=end, overlap=ScheduleOverlapPolicy.ALLOW_ALL)
     )
 

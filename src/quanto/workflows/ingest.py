@@ -61,6 +61,7 @@ class IngestionWorkflow:
             "retry_policy": retry,
         }
         started = workflow.now()
+        self._stop_stream = self._stop_stream or req.stop_stream
         workflow.upsert_search_attributes(
             [search.KIND.value_set("ingest"), search.CONFIG.value_set(req.config_name)]
         )
@@ -119,7 +120,13 @@ class IngestionWorkflow:
         if cursor < plan.batches:
             workflow.continue_as_new(
                 req.model_copy(
-                    update={"cursor": cursor, "totals": totals, "plan": plan, "seconds_before": seconds}
+                    update={
+                        "cursor": cursor,
+                        "totals": totals,
+                        "plan": plan,
+                        "seconds_before": seconds,
+                        "stop_stream": self._stop_stream,
+                    }  # fmt: skip
                 )
             )
 
