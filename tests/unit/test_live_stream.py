@@ -174,3 +174,45 @@ def test_kite_ticks_become_bars_and_an_outage_is_backfilled_with_rest_bars_winni
     assert filled.select("close", "volume").equals(want.select("close", "volume"))
     depth = run_sql(Lake(cfg.lake_root), "SELECT count(*), min(bid_px_1 < ask_px_1) FROM depth")["rows"][0]
     assert depth[0] == result.depth and depth[1]
+
+
+def test_a_restarted_follower_backfills_what_the_crash_lost(tmp_path, monkeypatch):
+    for k, v in VENDORS["alpaca"][2].items():
+        monkeypatch.setenv(k, v)
+    symbols = ["AAPL", "MSFT"]
+    creds = VENDORS["alpaca"][1]
+    with FakeVendorServer() as rest:
+
+        def job(url: str) -> IngestConfig:
+            return IngestConfig.model_validate(
+                {
+                    "name": "restart", "lake_root": str(tmp_path / "lake"), "vendor": "alpaca",
+                    "symbols": symbols, "timeframe": "1min", "start": "2024-01-02",
+                    "alpaca": {"rest": {"base_url": rest.base_url, "rate_per_s": 100, "burst": 100},
+                               "stream": {"enabled": True, "url": url, "flush_rows": 4, "duration_s": 60}},
+                }
+            )  # fmt: skip
+
+        first = FakeAlpacaServer(symbols, START, steps=10, credentials=creds)
+        with first:
+            follow_stream(job(first.url), Lake(tmp_path / "lake"), START.date(), cancelled=_until_done(first),
+                          record=False)  # fmt: skip
+        # The process died; a new attempt connects 5 minutes later: minutes 10..14 were never received.
+        later = FakeAlpacaServer(symbols, START + dt.timedelta(minutes=15), steps=5, credentials=creds)
+        with later:
+            second = follow_stream(job(later.url), Lake(tmp_path / "lake"), START.date(),
+                                   cancelled=_until_done(later), record=False)  # fmt: skip
+        lost = pl.concat(
+            [
+                rest.expected_bars(
+                    "alpaca", s, "1min", START + dt.timedelta(minutes=10), START + dt.timedelta(minutes=15)
+                )
+                for s in symbols
+            ]  # fmt: skip
+        )
+    assert second.gaps == len(symbols) and second.backfilled_rows == lost.height == 5 * len(symbols)
+    bars = pl.from_arrow(open_catalog(Lake(tmp_path / "lake")).sql("SELECT * FROM bars").arrow())
+    keys = bars.select("symbol", "ts")
+    assert keys.height == keys.unique().height == 20 * len(symbols)  # minutes 0..19, each once
+    filled = bars.join(lost.select("symbol", "ts"), on=["symbol", "ts"], how="semi").sort("symbol", "ts")
+    assert filled["close"].to_list() == lost.sort("symbol", "ts")["close"].to_list()

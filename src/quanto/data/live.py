@@ -2,8 +2,8 @@
 
 Everything the stream delivers lands in today's stream partition (bronze/<kind>/vendor=<v>/timeframe=1min/
 date=<today>/), whose manifest lists each micro-batch file as it is written, so a crash loses at most
-the rows still buffered. A restarted follower does not yet backfill what a crash lost (the gap
-detector starts empty); gaps from disconnects it saw are backfilled over REST.
+the rows still buffered. Outages the follower sees are backfilled over REST; a restarted follower
+(a crash, a retry) backfills from the last stored bar of each symbol to its first new one.
 Trades and ticks are also aggregated to 1-minute bars as they arrive.
 """
 
@@ -87,6 +87,15 @@ def _session_close(cfg: IngestConfig, today: dt.date) -> dt.datetime | None:
 
     close = xc.get_calendar(cfg.calendar).session_close(pd.Timestamp(today))
     return close.to_pydatetime()
+
+
+def _last_stored_bars(lake: Lake, files: list[dict[str, Any]]) -> dict[str, dt.datetime]:
+    """Open time of the last bar already stored per symbol (a restarted follower resumes after it)."""
+    paths = [str(lake.abspath(f["path"])) for f in files if f["role"] == "bars"]
+    if not paths:
+        return {}
+    last = pl.scan_parquet(paths).group_by("symbol").agg(pl.col("ts").max()).collect()
+    return dict(zip(last["symbol"].to_list(), last["ts"].to_list(), strict=True))
 
 
 class _StreamWriter:
@@ -175,10 +184,26 @@ async def _follow(
         channels = ["full"] if cfg.vendor == "kite" else list(stream.channels)
         derive_bars = "bars" not in channels  # vendor bars win; otherwise build them from trades/ticks
 
+        # A restarted follower (crash, retry): the minutes between the last stored bar and the first
+        # new one were lost with the old process; each symbol's first new bar opens that backfill.
+        resume = _last_stored_bars(ctx.lake, writer.files)
+        minute = dt.timedelta(minutes=1)
+
+        def resume_gaps(bars: pl.DataFrame) -> None:
+            for symbol, first in bars.group_by("symbol").agg(pl.col("ts").min()).iter_rows():
+                last = resume.pop(symbol, None)
+                if last is None:
+                    continue
+                # Bars built from ticks: the first one is partial, so it is refetched too (REST wins).
+                end = first + minute if derive_bars else first
+                if end > last + minute:
+                    on_gap(symbol, last + minute, end)
+
         def on_batch(batch) -> None:
             batcher.add_batch(batch)
             result.messages += batch.data_rows() + len(batch.rejected)
             result.rejected += len(batch.rejected)
+            bars = batch.bars
             if derive_bars:
                 if batch.trades.height:
                     aggregator.add_trade_frame(batch.trades)
@@ -187,6 +212,8 @@ async def _follow(
                 bars = aggregator.close_until()
                 if bars.height:
                     batcher.add("bars", bars)
+            if resume and bars.height:
+                resume_gaps(bars)
 
         async def backfill(symbol: str, start: dt.datetime, end: dt.datetime) -> None:
             got = await sources.fetch_bars(symbol, STREAM_TIMEFRAME, start, end)
