@@ -703,8 +703,28 @@ def demo(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    After a command that used a Temporal client, the process ends with os._exit once output is
+    flushed: the SDK's native runtime threads can otherwise call into Python while the interpreter
+    finalizes, which aborts the process (SIGABRT, "PyGILState_Release ... finalizing") after the
+    command itself succeeded.
+    """
+    try:
+        app()
+        code: int = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        if isinstance(done.code, str):
+            print(done.code, file=sys.stderr)
+    if "temporalio.bridge.runtime" not in sys.modules:
+        sys.exit(code)
+    import logging
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":
