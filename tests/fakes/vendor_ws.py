@@ -58,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -113,7 +114,7 @@ def _rfc3339(ns: np.ndarray) -> list[str]:
     return [s + "Z" for s in np.datetime_as_string(ns.astype("datetime64[ns]"), unit="ms").tolist()]
 
 
-class FakeStreamServer:
+class FakeStreamServer(ABC):
     """Common machinery: thread + loop, steps, faults, records. Subclasses speak one vendor."""
 
     vendor = ""
@@ -178,9 +179,9 @@ class FakeStreamServer:
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
+    @abstractmethod
     def default_credentials(self) -> dict[str, str]:
         """The credentials the server accepts unless others are given."""
-        raise NotImplementedError
 
     @property
     def url(self) -> str:
@@ -432,24 +433,25 @@ class FakeStreamServer:
 
     # --- vendor hooks ------------------------------------------------------------------------------
 
+    @abstractmethod
     async def handshake(self, ws: ServerConnection) -> dict[str, list[int]] | None:
         """Authenticate and read the subscription: channel -> symbol indices; None to hang up."""
-        raise NotImplementedError
 
     async def on_subscribed(self, ws: ServerConnection, subs: dict[str, list[int]]) -> None:
-        """Hook: send something right after the subscription (Kite's snapshot)."""
+        """Hook: send something right after the subscription (Kite's snapshot); nothing by default."""
+        return None
 
+    @abstractmethod
     def encode_step(self, k: int, subs: dict[str, list[int]]) -> str | bytes:
         """Step k's frame for the subscription."""
-        raise NotImplementedError
 
+    @abstractmethod
     def malformed_frame(self, n: int) -> str | bytes:
         """The n-th malformed frame (each yields one rejected message)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def limit_error(self) -> str:
         """The vendor's connection-limit error message."""
-        raise NotImplementedError
 
     def _indices(self, names: Iterable[str]) -> list[int]:
         names = list(names)

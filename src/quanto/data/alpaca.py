@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
-from quanto.config.secrets import secret
+from quanto.config.secrets import VENDOR_SECRETS, secret
 from quanto.data.rest import (
     Fetched,
     RestClient,
@@ -37,8 +37,7 @@ DATA_URL = "https://data.alpaca.markets"
 BARS_PATH = "/v2/stocks/bars"
 TZ = "America/New_York"
 SESSION_OPEN = dt.time(9, 30)
-ENV_KEY_ID = "ALPACA_API_KEY_ID"
-ENV_SECRET_KEY = "ALPACA_API_SECRET_KEY"
+ENV_KEY_ID, ENV_SECRET_KEY = VENDOR_SECRETS[VENDOR]
 FEEDS = ("iex", "sip", "otc", "boats", "overnight")
 ADJUSTMENTS = ("raw", "split", "dividend", "all")
 MAX_PAGE_LIMIT = 10_000

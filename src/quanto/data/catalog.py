@@ -79,16 +79,17 @@ def dataset_files(lake: Lake) -> dict[str, DatasetFiles]:
             newest[(p["vendor"], p["dataset"], tuple(p["symbols"]))] = m  # sorted: the last one wins
         else:
             series.append(m)
-    out: dict[str, DatasetFiles] = defaultdict(DatasetFiles)
     # Order is precedence (the last file holding a key wins): oldest partitions first, and REST backfills
     # of a stream outage after everything else, since the stream's bars at a gap's edges are partial.
+    # A file listed twice (identical content, e.g. the same rejects) is read once, at its last position.
+    ordered: dict[str, dict[str, None]] = defaultdict(dict)
     entries = [f for m in [*series, *newest.values()] for f in m["files"]]
     for f in sorted(entries, key=lambda f: f.get("origin") == "backfill"):
+        paths = ordered[f["role"]]
         path = str(lake.abspath(f["path"]))
-        paths = out[f["role"]].paths
-        if path in paths:  # identical content listed twice (e.g. the same rejects): read it once,
-            paths.remove(path)  # at its latest position
-        paths.append(path)
+        paths.pop(path, None)
+        paths[path] = None
+    out: dict[str, DatasetFiles] = {kind: DatasetFiles(paths=list(paths)) for kind, paths in ordered.items()}
     by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for m in series:
         for role in {f["role"] for f in m["files"]}:
@@ -174,14 +175,13 @@ def list_datasets(lake: Lake) -> list[dict[str, Any]]:
     return out
 
 
-def dataset_refs(lake: Lake, kind: str, vendor: str | None = None) -> list[FileRef]:
-    """Current files of one dataset kind (optionally one vendor's) with their hashes: what a stage that
+def dataset_refs(lake: Lake, kinds: tuple[str, ...], vendor: str | None = None) -> list[FileRef]:
+    """Current files of some dataset kinds (optionally one vendor's) with their hashes: what a stage that
     reads the lake depends on, so new data changes its key."""
-    out: list[FileRef] = []
-    for m in partition_manifests(lake):
-        if vendor is not None and m["partition"]["vendor"] != vendor:
-            continue
-        for f in m["files"]:
-            if f["role"] == kind:
-                out.append(FileRef(path=f["path"], sha256=f["sha256"], rows=f["rows"], role=kind))
-    return out
+    return [
+        FileRef(path=f["path"], sha256=f["sha256"], rows=f["rows"], role=f["role"])
+        for m in partition_manifests(lake)
+        if vendor is None or m["partition"]["vendor"] == vendor
+        for f in m["files"]
+        if f["role"] in kinds
+    ]

@@ -109,9 +109,8 @@ def _ingest_from_lake(u: UniverseConfig, ctx: StageContext, calendar: str) -> St
     ingested files (their hashes are its inputs), so a nightly top-up re-runs it and nothing else does."""
     from quanto.data.catalog import dataset_refs
 
-    inputs = dataset_refs(ctx.lake, "bars", u.source)
-    if u.adjustment != "raw":
-        inputs += dataset_refs(ctx.lake, "corporate_actions", u.source)
+    kinds = ("bars",) if u.adjustment == "raw" else ("bars", "corporate_actions")
+    inputs = dataset_refs(ctx.lake, kinds, u.source)
 
     def compute(key: str) -> Materialized:
         bars, note = read_lake_bars(ctx.lake, u, calendar)

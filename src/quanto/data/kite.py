@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 import polars as pl
 from pydantic import SecretStr
 
-from quanto.config.secrets import secret
+from quanto.config.secrets import VENDOR_SECRETS, secret
 from quanto.data.rest import (
     Column,
     Fetched,
@@ -51,8 +51,7 @@ VENDOR = "kite"
 BASE_URL = "https://api.kite.trade"
 TZ = "Asia/Kolkata"
 SESSION_OPEN = dt.time(9, 15)
-ENV_API_KEY = "KITE_API_KEY"
-ENV_ACCESS_TOKEN = "KITE_ACCESS_TOKEN"
+ENV_API_KEY, ENV_ACCESS_TOKEN = VENDOR_SECRETS[VENDOR]
 API_VERSION = "3"
 WIRE_TIME = "%Y-%m-%d %H:%M:%S"
 # Canonical (count, unit) -> Kite interval name.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,7 @@ import structlog
 
 from quanto.config.ingest import IngestConfig, StreamSettings
 from quanto.contracts import StreamResult
-from quanto.data.ingestion import RunContext, load_partition_manifest, save_partition_manifest
+from quanto.data.ingestion import RunContext, load_partition_manifest, manifest_path, save_partition_manifest
 from quanto.data.partitions import Partition, trading_days
 from quanto.data.schemas import SCHEMAS, depth_schema
 from quanto.errors import InputError
@@ -122,9 +123,11 @@ class _StreamWriter:
         self.files.append({**ref.model_dump(), **stamp, "written_at": written, "origin": origin})
         self.rows[kind] = self.rows.get(kind, 0) + frame.height
         # Merge with what is on disk now (another attempt of this activity may have written since).
-        current = load_partition_manifest(self.ctx.lake, self.part)
+        # (The raw JSON: checking that every listed file exists on each micro-batch would cost O(n^2).)
+        on_disk = self.ctx.lake.abspath(manifest_path(self.part))
+        current = json.loads(on_disk.read_text())["files"] if on_disk.is_file() else []
         known = {f["path"] for f in self.files}
-        self.files = [*(f for f in (current or {}).get("files", []) if f["path"] not in known), *self.files]
+        self.files = [*(f for f in current if f["path"] not in known), *self.files]
         save_partition_manifest(self.ctx, self.part, [(self.part.start, self.part.end)], self.files)
 
 

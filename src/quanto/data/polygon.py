@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 import polars as pl
 from pydantic import SecretStr
 
-from quanto.config.secrets import secret
+from quanto.config.secrets import VENDOR_SECRETS, secret
 from quanto.data.rest import (
     Column,
     Fetched,
@@ -56,7 +56,7 @@ VENDOR = "polygon"
 BASE_URL = "https://api.polygon.io"
 TZ = "America/New_York"
 SESSION_OPEN = dt.time(9, 30)
-ENV_API_KEY = "POLYGON_API_KEY"
+(ENV_API_KEY,) = VENDOR_SECRETS[VENDOR]
 MAX_AGGS_LIMIT = 50_000
 MAX_SNAPSHOT_LIMIT = 250
 # Filings reach EDGAR until 17:30 ET and their dissemination can run into the evening; Polygon ships only

@@ -778,7 +778,7 @@ def request_start(start: dt.datetime, unit: str, tz: str) -> dt.datetime:
     return local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(dt.UTC)
 
 
-def _stamp(frame: pl.LazyFrame, unit: str, tz: str, session_open: dt.time) -> pl.LazyFrame:
+def session_open_stamps(frame: pl.LazyFrame, unit: str, tz: str, session_open: dt.time) -> pl.LazyFrame:
     """Canonical bar stamps: daily-and-longer bars come stamped at local midnight of their date, but the
     canonical ts is the bar's open, so they are re-stamped at `session_open` local time of that date (the
     convention of the sample vendor and of validation's session grid). Intraday stamps stay as shipped.
@@ -825,7 +825,7 @@ def finish_bars(
         "vendor": pl.lit(vendor, pl.String).alias("vendor"),
         "imputed": pl.lit(False, pl.Boolean).alias("imputed"),
     }
-    stamped = _stamp(frame.lazy(), unit, tz, session_open)
+    stamped = session_open_stamps(frame.lazy(), unit, tz, session_open)
     typed = stamped.collect_schema()
 
     def canonical(name: str, dtype: pl.DataType) -> pl.Expr:

@@ -82,13 +82,15 @@ class Sources:
             await client.__aexit__(None, None, None)
         self._clients.clear()
 
-    async def _rest_client(self, vendor: str, headers: dict[str, Any], params: dict[str, Any]):
+    async def _rest_client(
+        self, vendor: str, default_url: str, headers: dict[str, Any], params: dict[str, Any]
+    ):
         from quanto.data.rest import RestClient, RetryPolicy, limiter_for
 
         rest = self.cfg.rest()
         client = RestClient(
             vendor,
-            rest.base_url or DEFAULT_URLS[vendor],
+            rest.base_url or default_url,
             limiter=limiter_for(vendor, rest.rate_per_s, rest.burst),
             retry=RetryPolicy(
                 max_attempts=rest.max_attempts,
@@ -121,20 +123,20 @@ class Sources:
             )
         # Each adapter reads its own keys from the environment and keeps them SecretStr until sent.
         if cfg.vendor == "alpaca":
-            from quanto.data.alpaca import AlpacaBars, alpaca_credentials_from_env
+            from quanto.data.alpaca import DATA_URL, AlpacaBars, alpaca_credentials_from_env
 
-            client = await self._rest_client("alpaca", alpaca_credentials_from_env().headers(), {})
+            client = await self._rest_client("alpaca", DATA_URL, alpaca_credentials_from_env().headers(), {})
             return AlpacaBars(client, feed=cfg.alpaca.feed, adjustment=cfg.alpaca.adjustment,
                               page_limit=cfg.alpaca.page_limit)  # fmt: skip
         if cfg.vendor == "polygon":
-            from quanto.data.polygon import PolygonRest, polygon_api_key_from_env
+            from quanto.data.polygon import BASE_URL, PolygonRest, polygon_api_key_from_env
 
-            client = await self._rest_client("polygon", {}, {"apiKey": polygon_api_key_from_env()})
+            client = await self._rest_client("polygon", BASE_URL, {}, {"apiKey": polygon_api_key_from_env()})
             return PolygonRest(client, adjusted=cfg.polygon.adjusted)
         if cfg.vendor == "kite":
-            from quanto.data.kite import KiteRest, kite_credentials_from_env
+            from quanto.data.kite import BASE_URL, KiteRest, kite_credentials_from_env
 
-            client = await self._rest_client("kite", kite_credentials_from_env().headers(), {})
+            client = await self._rest_client("kite", BASE_URL, kite_credentials_from_env().headers(), {})
             return KiteRest(client, exchange=cfg.kite.exchange)
         raise InputError(f"vendor {cfg.vendor!r} is not supported")
 
@@ -167,14 +169,6 @@ class Sources:
     ) -> PartitionData:
         """Bars of `symbol` in [start, end) over REST: how a stream backfills an outage."""
         return await fetch_bar_range(self._adapter, self.cfg.vendor, symbol, timeframe, start, end)
-
-
-US_TZ = "America/New_York"  # Polygon's flat files are US equities
-DEFAULT_URLS = {
-    "alpaca": "https://data.alpaca.markets",
-    "polygon": "https://api.polygon.io",
-    "kite": "https://api.kite.trade",
-}
 
 
 def _uses_flat_files(cfg: IngestConfig) -> bool:
@@ -216,18 +210,20 @@ def _files(cfg: IngestConfig, start: dt.datetime, end: dt.datetime) -> Partition
 
 def _flat_day(source: Any, part: Partition, day: dt.date) -> PartitionData:
     from quanto.data.flatfiles import parse_aggs
+    from quanto.data.polygon import SESSION_OPEN, TZ
+    from quanto.data.rest import session_open_stamps
 
     key = source.key(part.timeframe, day)
     if not source.exists(key):
         return PartitionData(frames={"bars": pl.DataFrame()})  # not published (holiday, or not yet)
     parsed = parse_aggs(source.read_bytes(key), part.timeframe, source=key, symbols=set(part.symbols) or None)
-    bars = parsed.bars
-    if part.timeframe == "1d" and bars.height:
-        # Day aggregates are stamped at midnight New York; every daily bar in the lake (REST, sample)
-        # carries its session's 09:30 open instead, so one vendor's data reads the same by either route.
-        local_day = pl.col("ts").dt.convert_time_zone(US_TZ).dt.date().cast(pl.Datetime("ns"))
-        opened = (local_day + pl.duration(hours=9, minutes=30)).dt.replace_time_zone(US_TZ)
-        bars = bars.with_columns(opened.dt.convert_time_zone("UTC").alias("ts"))
+    # Day aggregates are stamped at midnight New York; like Polygon's REST bars (and every daily bar in
+    # the lake) they carry their session's open, so one vendor's data reads the same by either route.
+    bars = (
+        session_open_stamps(parsed.bars.lazy(), "d", TZ, SESSION_OPEN).collect()
+        if part.timeframe == "1d"
+        else parsed.bars
+    )
     return PartitionData(frames={"bars": bars}, rejected=parsed.quarantine)
 
 

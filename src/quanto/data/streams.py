@@ -43,6 +43,7 @@ import inspect
 import random
 import re
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from operator import itemgetter
@@ -374,7 +375,7 @@ def secret_value(credentials: Credentials, name: str) -> str:
     return getter() if getter else str(value)
 
 
-class StreamProtocol:
+class StreamProtocol(ABC):
     """One vendor's stream wire format. Subclasses set `vendor`, `channels` and implement the hooks.
 
     Handshake as run_stream drives it: connect to `url(credentials)`; when `auth_messages` returns
@@ -386,14 +387,14 @@ class StreamProtocol:
     channels: tuple[str, ...] = ()
     bar_timeframe = "1min"  # timeframe of the bars the `bars` channel carries
 
+    @abstractmethod
     def url(self, credentials: Credentials) -> str:
         """The URL to connect to (may embed credentials: never log it; log `display_url`)."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def display_url(self) -> str:
         """The URL without credentials, for logs."""
-        raise NotImplementedError
 
     def secrets(self, credentials: Credentials) -> list[str]:
         """Credential values to scrub from anything logged."""
@@ -403,9 +404,9 @@ class StreamProtocol:
         """Messages that authenticate after connecting (none when the URL authenticates)."""
         return []
 
+    @abstractmethod
     def subscribe_messages(self, symbols: Sequence[str], channels: Sequence[str]) -> list[str | bytes]:
         """Messages that subscribe `channels` of `symbols`."""
-        raise NotImplementedError
 
     def handshake_event(self, status: dict) -> str | None:
         """Classify a status message: connected | authenticated | auth_failed | error | None."""
@@ -428,9 +429,9 @@ class StreamProtocol:
                 f"expected some of {list(self.channels)}"
             )
 
+    @abstractmethod
     def parse(self, frame: str | bytes) -> StreamBatch:
         """One received frame → StreamBatch; never raises (bad input goes to `rejected`)."""
-        raise NotImplementedError
 
 
 class JsonArrayProtocol(StreamProtocol):
@@ -491,21 +492,33 @@ class JsonArrayProtocol(StreamProtocol):
         return batch
 
 
-def _alpaca_bars(msgs: list, vendor: str) -> dict:
-    return {
-        "symbol": [m["S"] for m in msgs],
-        "ts": rfc3339_to_ns([m["t"] for m in msgs]),
-        "timeframe": constant("timeframe", "1min", pl.String, len(msgs)),
-        "open": [m["o"] for m in msgs],
-        "high": [m["h"] for m in msgs],
-        "low": [m["l"] for m in msgs],
-        "close": [m["c"] for m in msgs],
-        "volume": [m["v"] for m in msgs],
-        "vwap": [m.get("vw") for m in msgs],
-        "trades": [m.get("n") for m in msgs],
-        "vendor": constant("vendor", vendor, pl.String, len(msgs)),
-        "imputed": constant("imputed", False, pl.Boolean, len(msgs)),
-    }
+def _bar_columns(
+    symbol: str, ts_key: str, ts: Callable[[list], Any], trades: str | None
+) -> Callable[[list, str], dict]:
+    """Minute-bar builder: o h l c v and vw are shared; the symbol key, the open-time key and format,
+    and the trade-count key (None: the vendor sends none) differ. vw is the bar's own vwap."""
+
+    def build(msgs: list, vendor: str) -> dict:
+        n = len(msgs)
+        return {
+            "symbol": [m[symbol] for m in msgs],
+            "ts": ts([m[ts_key] for m in msgs]),
+            "timeframe": constant("timeframe", "1min", pl.String, n),
+            "open": [m["o"] for m in msgs],
+            "high": [m["h"] for m in msgs],
+            "low": [m["l"] for m in msgs],
+            "close": [m["c"] for m in msgs],
+            "volume": [m["v"] for m in msgs],
+            "vwap": [m.get("vw") for m in msgs],
+            "trades": [m.get(trades) for m in msgs] if trades else constant("trades", None, pl.Int64, n),
+            "vendor": constant("vendor", vendor, pl.String, n),
+            "imputed": constant("imputed", False, pl.Boolean, n),
+        }
+
+    return build
+
+
+_alpaca_bars = _bar_columns("S", "t", rfc3339_to_ns, trades="n")
 
 
 def _trade_columns(symbol: str, ts: Callable[[list], Any]) -> Callable[[list, str], dict]:
@@ -616,23 +629,8 @@ class AlpacaStreamProtocol(JsonArrayProtocol):
         return None
 
 
-def _polygon_bars(msgs: list, vendor: str) -> dict:
-    return {
-        "symbol": [m["sym"] for m in msgs],
-        "ts": ms_to_ns([m["s"] for m in msgs]),
-        "timeframe": constant("timeframe", "1min", pl.String, len(msgs)),
-        "open": [m["o"] for m in msgs],
-        "high": [m["h"] for m in msgs],
-        "low": [m["l"] for m in msgs],
-        "close": [m["c"] for m in msgs],
-        "volume": [m["v"] for m in msgs],
-        "vwap": [m.get("vw") for m in msgs],  # the window's own vwap ("a" is the day's)
-        "trades": constant("trades", None, pl.Int64, len(msgs)),  # AM carries no trade count
-        "vendor": constant("vendor", vendor, pl.String, len(msgs)),
-        "imputed": constant("imputed", False, pl.Boolean, len(msgs)),
-    }
-
-
+# AM aggregates: "s" is the window start in epoch ms; "a" would be the day's vwap; no trade count.
+_polygon_bars = _bar_columns("sym", "s", ms_to_ns, trades=None)
 _polygon_trades = _trade_columns("sym", ms_to_ns)
 _polygon_quotes = _quote_columns("sym", ms_to_ns)
 

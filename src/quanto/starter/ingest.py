@@ -10,8 +10,6 @@ from typing import Any
 
 from temporalio.client import Client
 from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
@@ -50,9 +48,7 @@ async def start_ingest(client: Client, cfg: IngestConfig, source: str, today: dt
         result_type=IngestResult,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        search_attributes=TypedSearchAttributes(
-            [SearchAttributePair(search.KIND, "ingest"), SearchAttributePair(search.CONFIG, cfg.name)]
-        ),
+        search_attributes=search.run_attributes("ingest", cfg.name),
     )
 
 

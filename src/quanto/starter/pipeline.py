@@ -12,8 +12,6 @@ from typing import Any
 
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
@@ -44,9 +42,7 @@ async def start_pipeline(client: Client, cfg: PipelineConfig, source: str, until
         result_type=PipelineResult,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        search_attributes=TypedSearchAttributes(
-            [SearchAttributePair(search.KIND, "pipeline"), SearchAttributePair(search.CONFIG, cfg.name)]
-        ),
+        search_attributes=search.run_attributes("pipeline", cfg.name),
     )
 
 

@@ -26,7 +26,6 @@ from temporalio.client import (
     ScheduleState,
     ScheduleUpdate,
 )
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
 from quanto.config.ingest import IngestConfig
@@ -84,9 +83,7 @@ def _action(entry: ScheduleEntry, base: Path) -> tuple[ScheduleActionStartWorkfl
         id=wf_id,
         task_queue=QUEUE_CONTROL,
         memo={HASH_MEMO: digest},
-        typed_search_attributes=TypedSearchAttributes(
-            [SearchAttributePair(search.KIND, entry.kind), SearchAttributePair(search.CONFIG, name)]
-        ),
+        typed_search_attributes=search.run_attributes(entry.kind, name),
     )
     return action, digest
 
