@@ -6,11 +6,13 @@ import datetime as dt
 import hashlib
 import json
 import os
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TIMEFRAMES = ("1min", "5min", "15min", "1h", "1d")
+# Bar timeframes that quote/depth snapshots can be bucketed into (features.microstructure.BAR_EVERY).
+MICROSTRUCTURE_TIMEFRAMES = ("1min", "5min", "1h")
 
 
 class Strict(BaseModel):
@@ -183,6 +185,32 @@ class PcaConfig(Strict):
     )
 
 
+class MicrostructureConfig(Strict):
+    """Microstructure features from the universe's ingested quotes (level 1) or depth (levels 1..n),
+    aggregated per bar: `<feature>_last` and `<feature>_mean` of mid, spread, rel_spread,
+    depth_imbalance_<k>, ofi, depth_imbalance_<k>_mean_<window> and (depth, levels >= 2) book_slope*,
+    plus `snapshots` (see features/microstructure.py). A bar's row uses the snapshots inside the bar,
+    [ts, ts + timeframe): known at its close, like its close price. Needs universe.vendor lake."""
+
+    source: Literal["quotes", "depth"] = Field(
+        "quotes", description="quotes: top of book (one level); depth: order-book snapshots"
+    )
+    levels: int | None = Field(
+        None,
+        ge=1,
+        le=50,
+        description="depth: book levels 1..levels used (imbalances, book slope); default every "
+        "level the ingested depth has",
+    )
+    window: int = Field(50, ge=1, le=100_000, description="snapshots in the rolling mean imbalance")
+
+    @model_validator(mode="after")
+    def _levels_need_depth(self) -> MicrostructureConfig:
+        if self.source == "quotes" and self.levels not in (None, 1):
+            raise ValueError(f"levels ({self.levels}) applies to source: depth; quotes have one level")
+        return self
+
+
 class FeaturesConfig(Strict):
     """Feature selection by registered name (`default`, a name, or `talib:FUNC(param=value)`), plus
     panel features computed across the universe after the per-symbol ones."""
@@ -199,6 +227,25 @@ class FeaturesConfig(Strict):
     benchmark: str | None = Field(None, description="a universe symbol: rolling corr/beta of returns to it")
     benchmark_windows: list[int] = Field(default_factory=lambda: [20, 60], min_length=1)
     pca: PcaConfig | None = Field(None, description="statistical factor model across the universe")
+    incremental: bool = Field(
+        True,
+        description="reuse stored per-symbol features and compute only new or restated bars (with "
+        "their warm-up); false recomputes everything",
+    )
+    microstructure: MicrostructureConfig | None = Field(
+        None, description="per-bar features from ingested quotes or depth (universe.vendor lake)"
+    )
+    fundamentals: bool = Field(
+        False,
+        description="point-in-time ratios (pe, pb, ev_ebitda, roe, roa, margins, growth, liquidity, "
+        "leverage) from ingested fundamentals, a statement visible once filed_at <= the bar's close "
+        "(universe.vendor lake)",
+    )
+
+    def lake_datasets(self) -> tuple[str, ...]:
+        """The lake datasets besides bars that these features read (quotes or depth, fundamentals)."""
+        micro = (self.microstructure.source,) if self.microstructure else ()
+        return (*micro, *(("fundamentals",) if self.fundamentals else ()))
 
     @field_validator("benchmark_windows")
     @classmethod
@@ -226,13 +273,253 @@ class FeaturesConfig(Strict):
         return v
 
 
+# The training target's columns in the gold labels table; an extra target may not reuse them.
+LABEL_COLUMNS = ("symbol", "ts", "fwd_return", "label", "t1")
+
+
+def _prefix(default: str) -> Any:
+    """The `prefix` field of an extra target: the start of every column it writes."""
+    return Field(
+        default,
+        pattern=r"^[a-z][a-z0-9_]{0,31}$",
+        description="start of the target's column names (lowercase letters, digits, _); give two "
+        "targets of one kind different prefixes",
+    )
+
+
+class ExtraLabelSpec(Strict):
+    """An extra target of the gold labels table, written as prefixed columns beside the training label.
+
+    Every label column belongs to a group with one end-time column (`..._t1`, NaT where the label is
+    undefined), which purging uses exactly like the training label's t1. The training stages read
+    only `label`, `fwd_return` and `t1`; extra targets are there for research and later models.
+    """
+
+    kind: str
+    prefix: str
+
+    def column_groups(self) -> dict[str, tuple[str, ...]]:
+        """End-time column → the label columns that end then, in table order."""
+        raise NotImplementedError
+
+    def columns(self) -> list[str]:
+        """Every column the target writes, in table order: each group's labels, then its t1."""
+        return [c for t1, cols in self.column_groups().items() for c in (*cols, t1)]
+
+
+class ForwardReturnsLabel(ExtraLabelSpec):
+    """Forward log returns at several horizons. For each h: `<prefix>_<h>` = log(close[t+h] / close[t])
+    and its end time `<prefix>_<h>_t1` = ts of bar t+h (defaults: fwd_ret_1, fwd_ret_1_t1, fwd_ret_5,
+    …). A symbol's last h bars are NaN / NaT."""
+
+    kind: Literal["forward_returns"] = "forward_returns"
+    prefix: str = _prefix("fwd_ret")
+    horizons: list[Annotated[int, Field(ge=1, le=10_000)]] = Field(
+        default_factory=lambda: [1, 5, 20], min_length=1, description="bars ahead, distinct"
+    )
+
+    @field_validator("horizons")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"horizons must be distinct, got {v}")
+        return v
+
+    def column_groups(self) -> dict[str, tuple[str, ...]]:
+        """See the class docstring."""
+        return {f"{self.prefix}_{h}_t1": (f"{self.prefix}_{h}",) for h in self.horizons}
+
+
+class NextBarRangeLabel(ExtraLabelSpec):
+    """Next bar's log range log(high[t+1] / low[t+1]), a volatility target: `<prefix>_label` with end
+    time `<prefix>_t1` = ts of bar t+1 (defaults: range_label, range_t1)."""
+
+    kind: Literal["next_bar_range"] = "next_bar_range"
+    prefix: str = _prefix("range")
+
+    def column_groups(self) -> dict[str, tuple[str, ...]]:
+        """See the class docstring."""
+        return {f"{self.prefix}_t1": (f"{self.prefix}_label",)}
+
+
+class DirectionLabel(ExtraLabelSpec):
+    """Direction over `horizon` bars: `<prefix>_label` = 1.0 when `<prefix>_ret` = log(close[t+h] /
+    close[t]) exceeds `threshold`, else 0.0; end time `<prefix>_t1` = ts of bar t+h (defaults:
+    dir_label, dir_ret, dir_t1)."""
+
+    kind: Literal["direction"] = "direction"
+    prefix: str = _prefix("dir")
+    horizon: int = Field(5, ge=1, le=10_000, description="bars ahead")
+    threshold: float = Field(0.0, allow_inf_nan=False, description="log return the move must exceed")
+
+    def column_groups(self) -> dict[str, tuple[str, ...]]:
+        """See the class docstring."""
+        return {f"{self.prefix}_t1": (f"{self.prefix}_label", f"{self.prefix}_ret")}
+
+
+class _BarrierLabel(ExtraLabelSpec):
+    """Barriers on the close path: profit-take at pt_mult·vol, stop-loss at −sl_mult·vol and a vertical
+    barrier `horizon` bars ahead; vol = std of the last `vol_window` one-bar log returns."""
+
+    pt_mult: float = Field(
+        2.0, gt=0, allow_inf_nan=False, description="profit-take in volatility units (large = off)"
+    )
+    sl_mult: float = Field(2.0, gt=0, allow_inf_nan=False, description="stop-loss in volatility units")
+    vol_window: int = Field(20, ge=2, le=10_000, description="bars of the volatility estimate")
+    horizon: int = Field(10, ge=1, le=10_000, description="bars to the vertical barrier")
+
+
+class TripleBarrierLabel(_BarrierLabel):
+    """Triple-barrier label (López de Prado): `<prefix>_label` = +1 (profit-take first), −1 (stop-loss
+    first) or 0 (vertical barrier); `<prefix>_ret` = the log return to the first touch; end time
+    `<prefix>_t1` = the touching bar's ts (defaults: tb_label, tb_ret, tb_t1)."""
+
+    kind: Literal["triple_barrier"] = "triple_barrier"
+    prefix: str = _prefix("tb")
+
+    def column_groups(self) -> dict[str, tuple[str, ...]]:
+        """See the class docstring."""
+        return {f"{self.prefix}_t1": (f"{self.prefix}_label", f"{self.prefix}_ret")}
+
+
+class MetaLabel(_BarrierLabel):
+    """Meta-label of a backward-looking primary rule: `<prefix>_side` = the sign of the past
+    `side_window`-bar return (+1 long, −1 short, 0 no bet; known at t's close); its trade gets the
+    triple barriers, and `<prefix>_label` = 1.0 when it paid off (profit-take, or the vertical barrier
+    with a positive return), else 0.0; `<prefix>_ret` = the trade's log return to the touch; end time
+    `<prefix>_t1` (defaults: meta_label, meta_side, meta_ret, meta_t1). No bet, no label."""
+
+    kind: Literal["meta"] = "meta"
+    prefix: str = _prefix("meta")
+    side_window: int = Field(20, ge=1, le=10_000, description="bars of the primary rule's past return")
+
+    def column_groups(self) -> dict[str, tuple[str, ...]]:
+        """See the class docstring."""
+        p = self.prefix
+        return {f"{p}_t1": (f"{p}_label", f"{p}_side", f"{p}_ret")}
+
+
+class _RegimeLabel(ExtraLabelSpec):
+    """A regime fitted on the training window only and labelled from what is known at each close."""
+
+    fit_bars: int | None = Field(
+        None,
+        ge=2,
+        description="bars (unique timestamps) of the fit window from the panel's start; default "
+        "walk_forward.train_bars, the first training window; the labels inside it are in sample",
+    )
+
+
+class VolatilityRegimeLabel(_RegimeLabel):
+    """Volatility tertile: `<prefix>_label` = 0 calm, 1 normal, 2 turbulent, by where `<prefix>_vol`
+    (std of the last `window` one-bar log returns) falls among the symbol's 1/3 and 2/3 quantiles over
+    the fit window; end time `<prefix>_t1` = ts (defaults: vol_regime_label, vol_regime_vol,
+    vol_regime_t1)."""
+
+    kind: Literal["volatility_regime"] = "volatility_regime"
+    prefix: str = _prefix("vol_regime")
+    window: int = Field(20, ge=2, le=10_000, description="bars of the volatility estimate")
+
+    def column_groups(self) -> dict[str, tuple[str, ...]]:
+        """See the class docstring."""
+        return {f"{self.prefix}_t1": (f"{self.prefix}_label", f"{self.prefix}_vol")}
+
+
+class HmmRegimeLabel(_RegimeLabel):
+    """Gaussian-HMM regime per symbol (hmmlearn), fitted on the fit window and decoded forward-only
+    (filtering): `<prefix>_label` = the most likely state, 0 the calmest; `<prefix>_prob_<k>` = the
+    filtered probability of state k; end time `<prefix>_t1` = ts (defaults: hmm_label, hmm_prob_0, …,
+    hmm_t1)."""
+
+    kind: Literal["hmm_regime"] = "hmm_regime"
+    prefix: str = _prefix("hmm")
+    n_states: int = Field(2, ge=2, le=10, description="hidden states")
+    use_volatility: bool = Field(False, description="observe log rolling volatility besides the return")
+    vol_window: int = Field(20, ge=2, le=10_000, description="bars of that volatility")
+    seed: int = Field(0, description="hmmlearn random_state: the same seed gives the same fit")
+    n_iter: int = Field(100, ge=1, le=10_000, description="EM iterations")
+    min_train_rows: int = Field(
+        100, ge=2, description="a symbol with fewer fit-window observations gets no model (NaN labels)"
+    )
+
+    @model_validator(mode="after")
+    def _enough_rows(self) -> HmmRegimeLabel:
+        if self.min_train_rows < self.n_states:
+            raise ValueError(f"min_train_rows ({self.min_train_rows}) must be >= n_states ({self.n_states})")
+        return self
+
+    def column_groups(self) -> dict[str, tuple[str, ...]]:
+        """See the class docstring."""
+        p = self.prefix
+        return {f"{p}_t1": (f"{p}_label", *(f"{p}_prob_{k}" for k in range(self.n_states)))}
+
+
+class RlRewardLabel(ExtraLabelSpec):
+    """Reward of a one-bar trade for an agent that is flat at t: for each side in `sides`,
+    `<prefix>_<side>` = position·(close[t+1] / close[t] − 1) − cost_bps / 10 000 with position +1
+    (long) or −1 (short), i.e. the next-bar PnL of going in at close t minus the cost of trading in;
+    end time `<prefix>_<side>_t1` = ts of bar t+1 (defaults: rl_long, rl_long_t1, rl_short,
+    rl_short_t1). Holding on would cost nothing more; getting out costs cost_bps again."""
+
+    kind: Literal["rl_reward"] = "rl_reward"
+    prefix: str = _prefix("rl")
+    cost_bps: float = Field(
+        3.0, ge=0, allow_inf_nan=False, description="cost of trading one unit, in bps (backtest: 1 + 2)"
+    )
+    sides: list[Literal["long", "short"]] = Field(
+        default_factory=lambda: ["long", "short"], min_length=1, description="positions rewarded"
+    )
+
+    @field_validator("sides")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"sides must be distinct, got {v}")
+        return v
+
+    def column_groups(self) -> dict[str, tuple[str, ...]]:
+        """See the class docstring."""
+        return {f"{self.prefix}_{s}_t1": (f"{self.prefix}_{s}",) for s in self.sides}
+
+
+class SpreadExplosionLabel(ExtraLabelSpec):
+    """Spread explosion (quotes): `<prefix>_label` = 1.0 when the next quote's spread exceeds mean +
+    k·std of the last `window` spreads; end time `<prefix>_t1`. The pipeline's labels stage receives
+    bars only, so `label.extra` rejects it; `quanto.labels.rewards.spread_explosion` computes it on
+    quotes."""
+
+    kind: Literal["spread_explosion"] = "spread_explosion"
+    prefix: str = _prefix("spread")
+    window: int = Field(100, ge=2, le=1_000_000, description="quotes of the rolling history")
+    k: float = Field(2.0, allow_inf_nan=False, description="standard deviations above the mean")
+
+    def column_groups(self) -> dict[str, tuple[str, ...]]:
+        """See the class docstring."""
+        return {f"{self.prefix}_t1": (f"{self.prefix}_label",)}
+
+
+ExtraLabel = Annotated[
+    ForwardReturnsLabel
+    | NextBarRangeLabel
+    | DirectionLabel
+    | TripleBarrierLabel
+    | MetaLabel
+    | VolatilityRegimeLabel
+    | HmmRegimeLabel
+    | RlRewardLabel
+    | SpreadExplosionLabel,
+    Field(discriminator="kind"),
+]
+
+
 class LabelConfig(Strict):
     """The training target; every label carries its end time t1, which walk-forward purging uses.
 
     forward_return: log return over `horizon` bars. direction: 1 when that return exceeds `threshold`.
     triple_barrier: 1 when the close first touches the profit-take barrier (close * exp(pt_mult * vol))
     before the stop (sl_mult) or the vertical barrier `horizon` bars ahead; vol is the rolling std of
-    1-bar log returns over `vol_window`; t1 is the first touch.
+    1-bar log returns over `vol_window`; t1 is the first touch. The target's columns are `symbol, ts,
+    fwd_return, label, t1`; `extra` targets follow as prefixed columns (see each kind's model).
     """
 
     kind: Literal["forward_return", "direction", "triple_barrier"] = "forward_return"
@@ -243,6 +530,31 @@ class LabelConfig(Strict):
     pt_mult: float = Field(2.0, gt=0, description="triple_barrier: profit-take in volatility units")
     sl_mult: float = Field(2.0, gt=0, description="triple_barrier: stop-loss in volatility units")
     vol_window: int = Field(20, ge=2, description="triple_barrier: bars of the volatility estimate")
+    extra: list[ExtraLabel] = Field(
+        default_factory=list,
+        description="more targets in the same gold labels table, each as its own prefixed columns "
+        "with end times: forward_returns, next_bar_range, direction, triple_barrier, meta, "
+        "volatility_regime, hmm_regime, rl_reward",
+    )
+
+    @field_validator("extra")
+    @classmethod
+    def _extra_columns(cls, v: list[ExtraLabelSpec]) -> list[ExtraLabelSpec]:
+        owner = dict.fromkeys(LABEL_COLUMNS, "the training label")
+        for i, spec in enumerate(v):
+            if isinstance(spec, SpreadExplosionLabel):
+                raise ValueError(
+                    f"extra[{i}]: spread_explosion needs quotes, and the labels stage receives bars only; "
+                    "compute it on quotes with quanto.labels.rewards.spread_explosion"
+                )
+            for column in spec.columns():
+                if column in owner:
+                    raise ValueError(
+                        f"extra[{i}] ({spec.kind}) would write column {column!r}, which "
+                        f"{owner[column]} writes too; give one of them another prefix"
+                    )
+                owner[column] = f"extra[{i}] ({spec.kind})"
+        return v
 
 
 class ModelConfig(Strict):
@@ -346,6 +658,22 @@ class PipelineConfig(Strict):
             raise ValueError(
                 f"features.pca.fit_bars ({pca.fit_bars}) must not exceed walk_forward.train_bars "
                 f"({self.walk_forward.train_bars}): the first fold would test on rows the PCA was fitted on"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _sources_from_lake(self) -> PipelineConfig:
+        wanted = [n for n in ("microstructure", "fundamentals") if getattr(self.features, n)]
+        if wanted and self.universe.vendor != "lake":
+            raise ValueError(
+                f"features.{wanted[0]} reads datasets that `quanto data ingest` brought into the lake: "
+                f"it needs universe.vendor lake (got {self.universe.vendor!r})"
+            )
+        micro = self.features.microstructure
+        if micro is not None and self.universe.timeframe not in MICROSTRUCTURE_TIMEFRAMES:
+            raise ValueError(
+                f"features.microstructure needs intraday bars of {list(MICROSTRUCTURE_TIMEFRAMES)}; "
+                f"universe.timeframe is {self.universe.timeframe!r}"
             )
         return self
 

@@ -40,6 +40,9 @@ class FeatureSpec:
     version: int
     description: str
     fn: FeatureFn = field(repr=False)
+    # True: the value at row t depends on rows t-lookback..t only; False: on the whole history (EMA,
+    # Wilder smoothing, cumulative sums); None: not declared, `engine.is_bounded` probes it.
+    bounded: bool | None = None
 
 
 REGISTRY: dict[str, FeatureSpec] = {}
@@ -54,11 +57,14 @@ def register(
     description: str,
     params: dict[str, Any] | None = None,
     version: int = 1,
+    bounded: bool | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering `fn(bars, **params)` as feature `name`; returns `fn` unchanged.
 
     The stored `FeatureSpec.fn` has `params` bound, so one function can back several registrations
-    (`register("sma_ratio_5", params={"timeperiod": 5}, ...)(sma_ratio)`). Raises ValueError for a
+    (`register("sma_ratio_5", params={"timeperiod": 5}, ...)(sma_ratio)`). `bounded` declares whether
+    the value at t depends on the last `lookback` rows only (incremental computation relies on it);
+    leave it None to have it probed. Raises ValueError for a
     repeated, reserved or badly formed name, or a negative lookback.
     """
     if not _NAME_RE.match(name):
@@ -82,6 +88,7 @@ def register(
             version=version,
             description=description,
             fn=bound,
+            bounded=bounded,
         )
         return fn
 

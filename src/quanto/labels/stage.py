@@ -24,7 +24,7 @@ def triple_barrier_labels(bars: pd.DataFrame, spec: LabelConfig) -> pd.DataFrame
 
 
 def run_labels(req: StageRequest, ctx: StageContext) -> StageResult:
-    """Compute the job's label from validated bars."""
+    """Compute the job's label, then its `label.extra` targets as prefixed columns, from validated bars."""
     from quanto.labels.forward import compute_labels
 
     cfg = PipelineConfig.model_validate(req.config)
@@ -37,8 +37,23 @@ def run_labels(req: StageRequest, ctx: StageContext) -> StageResult:
             labels = triple_barrier_labels(bars, spec)
         else:
             labels = compute_labels(bars, spec.kind, spec.horizon, spec.threshold)
+        if spec.extra:
+            from quanto.labels.extra import extra_labels
+
+            more = extra_labels(bars, spec.extra, cfg.walk_forward.train_bars)
+            labels = pd.concat([labels, more.drop(columns=["symbol", "ts"])], axis=1)
         ref = ctx.lake.write_frame(f"gold/labels/{key[:16]}", labels, role="labels")
         labelled = int(labels["label"].notna().sum())
         return Materialized([ref], counters={"rows": len(labels), "labelled": labelled})
 
-    return materialize("labels", ctx, inputs, spec.model_dump(mode="json"), compute)
+    return materialize("labels", ctx, inputs, label_key_config(cfg), compute)
+
+
+def label_key_config(cfg: PipelineConfig) -> dict:
+    """The labels stage's part of its materialize key: `label` with every extra target, each regime's
+    default fit window resolved (it is walk_forward.train_bars, which is not in `label`)."""
+    config = cfg.label.model_dump(mode="json")
+    for item in config["extra"]:
+        if "fit_bars" in item and item["fit_bars"] is None:
+            item["fit_bars"] = cfg.walk_forward.train_bars
+    return config

@@ -475,11 +475,9 @@ def features_ls(
     if as_json:
         print(json.dumps({"features": rows}))
     elif markdown:
-        print("| name | family | lookback | version | description |\n|---|---|---|---|---|")
-        pipe = "\\|"  # a literal | inside a Markdown cell
-        for r in rows:
-            desc = r["description"].replace("|", pipe)
-            print(f"| `{r['name']}` | {r['family']} | {r['lookback']} | {r['version']} | {desc} |")
+        from quanto.features.registry import catalog_markdown
+
+        print(catalog_markdown(family), end="")
     else:
         print(
             "\n".join(

@@ -5,6 +5,10 @@ that passed) → sessions (expected bars from the exchange calendar: gaps, unexp
 in regular hours) → repair (short gaps filled by carrying the last close forward, one audit row per
 imputed value). Every input row ends in exactly one place; the stage checks
 rows_in = accepted + quarantined + duplicates_dropped, and rows_out = accepted + imputed.
+
+Quotes, depth and fundamentals, when the features asked the ingest stage for them, go through their
+own rules (validation.quotes, validation.fundamentals) into silver files with the same role; their
+quarantined rows keep rule and reason (`validate_source`). Bars are validated exactly as without them.
 """
 
 from __future__ import annotations
@@ -116,11 +120,82 @@ def write_outputs(
     return outputs
 
 
+# Datasets besides bars that the ingest stage hands over when the features ask for them (role = dataset).
+SOURCE_DATASETS = ("quotes", "depth", "fundamentals")
+_TOTALS = ("rows_in", "accepted", "quarantined", "duplicates_dropped", "flagged")
+
+
+def validate_source(
+    lake: Lake, key: str, kind: str, refs: list[FileRef], rules: ValidationConfig
+) -> tuple[list[FileRef], list[dict], dict[str, int]]:
+    """Validate one dataset besides bars (quotes, depth or fundamentals) with its rules, symbol by symbol
+    for quotes and depth (they can be large), and write silver files with role = the dataset (quotes,
+    depth: per vendor, symbol and year; fundamentals: per vendor), quarantined rows with rule and reason
+    (role quarantine_<kind>) and warnings (role flags_<kind>).
+
+    Returns (files, quality rows, totals: rows_in = accepted + quarantined + duplicates_dropped).
+    Raises InputError when the dataset's quarantined share exceeds validation.max_quarantine_share.
+    """
+    from quanto.data.ingest import depth_levels, files_by_symbol
+    from quanto.validation import fundamentals, quotes
+
+    if kind == "fundamentals":
+        frames = [lake.read_polars(refs)]
+        policies = fundamentals.rule_policies(rules.fundamentals)
+    else:  # the ingest stage writes them per symbol (and year): read one symbol's files at a time
+        groups = files_by_symbol(refs)
+        frames = (lake.read_polars(groups[s]) for s in sorted(groups, key=lambda s: s or ""))
+        policies = quotes.rule_policies(rules.quotes)
+    source = f"bronze {kind}"
+    outputs: list[FileRef] = []
+    quality: list[dict] = []
+    rejected, flags = [], []
+    totals = dict.fromkeys(_TOTALS, 0)
+    for frame in frames:
+        if kind == "quotes":
+            outcome = quotes.validate_quotes(frame, rules.quotes, source)
+        elif kind == "depth":
+            outcome = quotes.validate_depth(frame, rules.quotes, depth_levels(frame.columns), source)
+        else:
+            outcome = fundamentals.validate_fundamentals(frame, rules.fundamentals, source)
+        totals = {k: totals[k] + outcome.counters[k] for k in _TOTALS}
+        quality += [{"dataset": kind, **row} for row in outcome.quality(policies)]
+        rejected.append(outcome.quarantined)
+        flags.append(outcome.flags)
+        if kind == "fundamentals":
+            for (vendor,), part in outcome.accepted.group_by(["vendor"], maintain_order=True):
+                outputs.append(lake.write_table(f"silver/{kind}/vendor={vendor}", part.to_arrow(), role=kind))
+        else:
+            by = ["vendor", "symbol", pl.col("ts").dt.year()]
+            for (vendor, symbol, year), part in outcome.accepted.group_by(by, maintain_order=True):
+                folder = f"silver/{kind}/vendor={vendor}/symbol={symbol}/year={year}"
+                outputs.append(lake.write_table(folder, part.to_arrow(), role=kind))
+    share = totals["quarantined"] / max(totals["rows_in"], 1)
+    if share > rules.max_quarantine_share:
+        raise InputError(
+            f"validation: {totals['quarantined']} of {totals['rows_in']} {kind} rows quarantined ({share:.2%}) "
+            f"exceeds validation.max_quarantine_share={rules.max_quarantine_share}"
+        )
+    if totals["duplicates_dropped"]:
+        quality.append({"dataset": kind, "symbol": "*", "rule": "duplicate_exact", "policy": "drop",
+                        "count": totals["duplicates_dropped"], "example": ""})  # fmt: skip
+    side = f"key={key[:16]}"
+    for folder, role, parts in (
+        (f"quarantine/{kind}/{side}", f"quarantine_{kind}", rejected),
+        (f"quality/{kind}_flags/{side}", f"flags_{kind}", flags),
+    ):
+        rows = pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame()
+        if rows.height:
+            outputs.append(lake.write_table(folder, rows.to_arrow(), role=role))
+    return outputs, quality, totals
+
+
 def run_validate(req: StageRequest, ctx: StageContext) -> StageResult:
     """Validate and repair the ingested bars; fails (non-retryable) when too many rows are quarantined."""
     cfg = PipelineConfig.model_validate(req.config)
     rules = cfg.validation
     inputs = req.inputs["ingest"].files("bars")
+    sources = {kind: refs for kind in SOURCE_DATASETS if (refs := req.inputs["ingest"].files(kind))}
 
     def compute(key: str) -> Materialized:
         bars = ctx.lake.read_polars(inputs)
@@ -146,12 +221,15 @@ def run_validate(req: StageRequest, ctx: StageContext) -> StageResult:
                     "example": "",
                 }  # fmt: skip
             )
-        outputs = write_outputs(ctx.lake, key, merged, repaired, audit, quality)
+        checked = {kind: validate_source(ctx.lake, key, kind, refs, rules) for kind, refs in sources.items()}
+        every = quality + [row for _, rows, _ in checked.values() for row in rows]
+        outputs = write_outputs(ctx.lake, key, merged, repaired, audit, every)
+        outputs += [f for files, _, _ in checked.values() for f in files]
         if ctx.record:
             from quanto.store.records import replace_imputation_audit, replace_quality
 
             with ctx.db() as conn:
-                replace_quality(conn, key, ctx.workflow_id, quality)
+                replace_quality(conn, key, ctx.workflow_id, every)
                 if audit is not None:
                     replace_imputation_audit(conn, key, ctx.run_id, "bars", audit)
         totals = {k: counters[k] for k in ("rows_in", "accepted", "quarantined", "duplicates_dropped")}
@@ -162,6 +240,10 @@ def run_validate(req: StageRequest, ctx: StageContext) -> StageResult:
             if gaps.height
             else [],
         }
+        for kind, (_, rows, kind_totals) in checked.items():
+            counters.update({f"{kind}_{k}": v for k, v in kind_totals.items()})
+            summary.setdefault("datasets", {})[kind] = {"totals": kind_totals, "by_rule": per_rule(rows)}
         return Materialized(outputs, counters=counters, summary=summary)
 
-    return materialize("validate", ctx, inputs, rules.model_dump(mode="json"), compute)
+    every_input = inputs + [f for refs in sources.values() for f in refs]
+    return materialize("validate", ctx, every_input, rules.model_dump(mode="json"), compute)
