@@ -241,6 +241,20 @@ def test_regime_fit_window_must_fit_the_walk_forward_and_the_panel():
     bars = random_walk_bars()
     with pytest.raises(InputError, match=r"label.extra\[1\] \(volatility_regime\): fit_bars \(200\) must not exceed walk_forward.train_bars \(150\)"):  # fmt: skip
         extra_labels(bars, [NextBarRangeLabel(), VolatilityRegimeLabel(fit_bars=200)], TRAIN_BARS)
+    # The job file is refused earlier, when it is loaded.
+    with pytest.raises(ValueError, match=r"label.extra\[0\].fit_bars \(800\) must not exceed walk_forward.train_bars \(756\)"):  # fmt: skip
+        PipelineConfig.model_validate(
+            {
+                "name": "x",
+                "universe": {
+                    "vendor": "sample",
+                    "symbols": ["AAPL"],
+                    "start": "2010-01-04",
+                    "end": "2012-01-03",
+                },
+                "label": {"extra": [{"kind": "volatility_regime", "fit_bars": 800}]},
+            }  # fmt: skip
+        )
     short = bars[bars["ts"] <= window_end(bars, TRAIN_BARS)]
     with pytest.raises(InputError, match=r"label.extra\[0\] \(hmm_regime\): the fit window of 150 bars .* 150 unique"):  # fmt: skip
         extra_labels(short, [HmmRegimeLabel()], TRAIN_BARS)

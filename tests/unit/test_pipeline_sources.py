@@ -130,9 +130,7 @@ def job(lake: Lake, source: str, symbols: list[str], calendar: str = "XNYS", **f
         {"name": f"{source}-sources", "lake_root": str(lake.root),
          "universe": {"vendor": "lake", "source": source, "symbols": symbols, "timeframe": "1min",
                       "start": "2024-01-02", "end": "2024-01-03", "adjustment": "raw"},
-         # (XBOM session checks are off: validation/sessions.py builds calendars from 1990, before
-         # the XBOM calendar's first year, 1997.)
-         "validation": {"sessions": {"calendar": calendar, "enabled": calendar != "XBOM"}},
+         "validation": {"sessions": {"calendar": calendar}},
          "features": {"names": ["logret_1"], **features}}
     )  # fmt: skip
 

@@ -662,6 +662,17 @@ class PipelineConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _regimes_fit_in_first_window(self) -> PipelineConfig:
+        for i, extra in enumerate(self.label.extra):
+            fit = getattr(extra, "fit_bars", None)
+            if fit is not None and fit > self.walk_forward.train_bars:
+                raise ValueError(
+                    f"label.extra[{i}].fit_bars ({fit}) must not exceed walk_forward.train_bars "
+                    f"({self.walk_forward.train_bars}): the first fold would test on rows the regimes were fitted on"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _sources_from_lake(self) -> PipelineConfig:
         wanted = [n for n in ("microstructure", "fundamentals") if getattr(self.features, n)]
         if wanted and self.universe.vendor != "lake":

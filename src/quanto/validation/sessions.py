@@ -127,10 +127,17 @@ def _calendar(name: str, first_year: int, last_year: int):
     with warnings.catch_warnings():
         # exchange_calendars trips pandas' own deprecation warnings on construction; not ours to fix.
         warnings.simplefilter("ignore", DeprecationWarning)
+        start, end = pd.Timestamp(f"{first_year}-01-01"), pd.Timestamp(f"{last_year}-12-31")
         try:
-            return xcals.get_calendar(name, start=f"{first_year}-01-01", end=f"{last_year}-12-31")
+            cls = type(xcals.get_calendar(name))
         except xcals.errors.InvalidCalendarName as exc:
             raise ValueError(f"unknown exchange calendar {name!r}") from exc
+        # Some calendars record holidays for a limited span only (XBOM: 1997 to the current year);
+        # the calendar covers what it can, and sessions outside it are simply not expected.
+        lo, hi = cls.bound_min(), cls.bound_max()
+        start = max(start, lo) if lo is not None else start
+        end = min(end, hi) if hi is not None else end
+        return xcals.get_calendar(name, start=start, end=end)
 
 
 def _grid_arrays(
