@@ -115,6 +115,53 @@ class PipelineResult(BaseModel):
     results: dict[str, StageResult] = Field(default_factory=dict)
 
 
+# --- Training (TrainingWorkflow, the walk-forward stage as a child workflow) -------------------------
+
+
+class TrainingPlan(BaseModel):
+    """The walk-forward stage's key and folds; `result` is set instead when the stage is already
+    materialized (a rerun), so no fold runs."""
+
+    key: str
+    folds: list[dict[str, Any]] = Field(default_factory=list)
+    result: StageResult | None = None
+
+
+class FoldRequest(BaseModel):
+    """One walk-forward fold to train and predict (an activity on quanto-train)."""
+
+    stage: StageRequest
+    key: str
+    fold: dict[str, Any]
+
+
+class FoldResult(BaseModel):
+    """One fold's out-of-sample predictions (a lake file) and its info (bounds, sizes, metrics)."""
+
+    index: int
+    predictions: FileRef
+    info: dict[str, Any] = Field(default_factory=dict)
+    reused: bool = False  # an earlier attempt had finished it
+    seconds: float = 0.0
+
+
+class FinalizeRequest(BaseModel):
+    """Stitch the folds into the walk-forward stage's result."""
+
+    stage: StageRequest
+    key: str
+    folds: list[FoldResult]
+
+
+class TrainingProgress(BaseModel):
+    """Query `progress` of TrainingWorkflow."""
+
+    folds: int = 0
+    done: int = 0
+    running: list[int] = Field(default_factory=list)
+    stage: str = "planning"  # planning | training | finalizing | done
+
+
 # --- Ingestion (IngestionWorkflow) ---------------------------------------------------------------------
 
 

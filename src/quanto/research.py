@@ -12,7 +12,7 @@ from quanto.backtest.stage import run_backtest
 from quanto.config.models import PipelineConfig
 from quanto.contracts import PIPELINE_STAGES, StageRequest, StageResult
 from quanto.data.ingest import run_ingest
-from quanto.evaluation.stage import run_walk_forward
+from quanto.evaluation.training import run_walk_forward
 from quanto.features.stage import run_features
 from quanto.labels.stage import run_labels
 from quanto.lake.materialize import StageContext

@@ -102,8 +102,8 @@ def test_demo_starts_a_server_runs_and_reruns_warm(project, pg_dsn):
          "walk_forward.test_bars: Input should be greater than or equal to 1 (got -5)"),
         ("name: x\nuniverse: {symbols: [AAPL], start: 2010-01-01, end: 2011-01-01}\nfeatures: {names: [rsi_14, rsi_41]}\n",
          "features.names: unknown feature 'rsi_41'"),
-        ("name: x\nuniverse: {symbols: [AAPL], start: 2010-01-01, end: 2011-01-01}\nmodel: {n_estimators: many}\n",
-         "model.n_estimators: Input should be a valid integer"),
+        ("name: x\nuniverse: {symbols: [AAPL], start: 2010-01-01, end: 2011-01-01}\nmodel: {params: {n_estimators: many}}\n",
+         "model: params for lightgbm: n_estimators: Input should be a valid integer"),
     ],
 )  # fmt: skip
 def test_bad_job_files_exit_2_naming_file_key_and_value(tmp_path, yaml_text, expected):

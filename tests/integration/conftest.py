@@ -33,16 +33,17 @@ INTRADAY: dict[str, Any] = {
         "synthetic": {"seed": 5, "bad_tick_rate": 0.0005},
     },
     "label": {"kind": "forward_return", "horizon": 15},
-    "model": {"n_estimators": 60, "num_leaves": 15, "min_child_samples": 100, "n_jobs": 1},
+    "model": {"params": {"n_estimators": 60, "num_leaves": 15, "min_child_samples": 100}, "n_jobs": 1},
     "walk_forward": {"scheme": "expanding", "train_bars": 3900, "test_bars": 390, "embargo_bars": 15},
     "backtest": {"mode": "long_short"},
+    "evaluation": {"canary": False},  # durability is the point here; the daily job runs the canary
     "runtime": {"heartbeat_timeout_s": 4, "max_attempts": 10},
 }
 
 # Daily sample bars of two stocks: a quick pipeline for the replay and failure tests.
 DAILY: dict[str, Any] = {
     "universe": {"vendor": "sample", "symbols": ["IBM", "MSFT"], "start": "2008-01-01", "end": "2012-01-01"},
-    "model": {"n_estimators": 30, "n_jobs": 1},
+    "model": {"params": {"n_estimators": 30}, "n_jobs": 1},
     "walk_forward": {"train_bars": 500, "test_bars": 126},
     "report": {"formats": ["html"]},
     "runtime": {"heartbeat_timeout_s": 10},
@@ -114,6 +115,24 @@ async def pending_activity(handle, activity_type: str) -> Any | None:
     return None
 
 
+async def training_child(client, handle):
+    """The TrainingWorkflow handle of a pipeline run (its walk-forward stage runs as that child)."""
+    run_id = (await handle.describe()).run_id
+    return client.get_workflow_handle(f"{handle.id}-training-{run_id}")
+
+
+async def training_progress(child):
+    """The child's `progress` query, or None while the child has not started yet."""
+    from temporalio.service import RPCError
+
+    from quanto.contracts import TrainingProgress
+
+    try:
+        return await child.query("progress", result_type=TrainingProgress)
+    except RPCError:
+        return None
+
+
 async def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     """Poll an async predicate until it returns something truthy."""
     deadline = time.monotonic() + timeout
@@ -125,4 +144,13 @@ async def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-__all__ = ["DAILY", "INTRADAY", "connect", "pending_activity", "wait_for", "write_config"]
+__all__ = [
+    "DAILY",
+    "INTRADAY",
+    "connect",
+    "pending_activity",
+    "training_child",
+    "training_progress",
+    "wait_for",
+    "write_config",
+]

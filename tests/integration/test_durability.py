@@ -23,6 +23,8 @@ from tests.integration.conftest import (
     connect,
     pending_activity,
     stop_process_group,
+    training_child,
+    training_progress,
     wait_for,
     write_config,
 )
@@ -49,29 +51,49 @@ def uninterrupted(tmp_path, name: str):
     return results, ctx.lake
 
 
-async def test_worker_sigkill_mid_stage_resumes_without_recomputing(own_server, pg_dsn, tmp_path):
+def fold_events(history, activity_type: str = "training.fold") -> tuple[int, int]:
+    """(activities of that type scheduled, attempts started beyond the first) in a workflow history."""
+    scheduled = {
+        e.event_id
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_type.name == activity_type
+    }
+    retried = sum(
+        1
+        for e in history.events
+        if e.HasField("activity_task_started_event_attributes")
+        and e.activity_task_started_event_attributes.scheduled_event_id in scheduled
+        and e.activity_task_started_event_attributes.attempt > 1
+    )
+    return len(scheduled), retried
+
+
+async def test_worker_sigkill_mid_training_reruns_only_unfinished_folds(own_server, pg_dsn, tmp_path):
     _, cfg = write_config(tmp_path, "durable-kill", INTRADAY)
     lake = Lake(cfg.lake_root)
     client = await connect()
     worker = start_worker(tmp_path / "worker-1.log")
     try:
         handle = await start_pipeline(client, cfg, "test")
-
-        async def walk_forward_has_progress():
-            pa = await pending_activity(handle, "pipeline.walk_forward")
-            if pa is None or not pa.heartbeat_details.payloads:
-                return None
-            details = json.loads(pa.heartbeat_details.payloads[0].data)
-            return details if (details.get("details") or {}).get("folds_done") else None
-
-        details = await wait_for(
-            walk_forward_has_progress, 240, "walk-forward heartbeats with finished folds"
+        child = await wait_for(
+            lambda: _started_child(client, handle), 240, "the training child workflow to start"
         )
+
+        async def folds_done_and_running():
+            p = await training_progress(child)
+            return p if p is not None and p.done >= 1 and p.running else None
+
+        progress = await wait_for(folds_done_and_running, 240, "finished folds while others train")
         stop_process_group(worker, signal.SIGKILL)
         killed_at = time.time()
         before = manifests_by_stage(lake)
         assert set(BEFORE_KILL) <= set(before), f"stages done before the kill: {sorted(before)}"
         assert "walk_forward" not in before and "report" not in before
+        finished = {
+            p.name: p.stat().st_mtime for p in lake.abspath("scratch/walk_forward").glob("*/fold-*.json")
+        }
+        assert len(finished) >= progress.done
     finally:
         stop_process_group(worker, signal.SIGKILL)
 
@@ -90,8 +112,13 @@ async def test_worker_sigkill_mid_stage_resumes_without_recomputing(own_server, 
         assert not result.results[stage].skipped
     assert pd.Timestamp(after["walk_forward"]["started_at"]).timestamp() > killed_at - 1
     wf = result.results["walk_forward"].counters
-    assert wf["folds_resumed"] >= 1, f"retry should reuse folds from heartbeat details {details}: {wf}"
-    assert wf["folds_resumed"] < wf["folds"]
+    scheduled, retried = fold_events(await child.fetch_history())
+    # Every fold ran as one activity: the folds finished before the kill were never scheduled again,
+    # and the ones the kill interrupted were retried (attempt 2) on the new worker.
+    assert scheduled == wf["folds"] and retried >= 1, (scheduled, retried, wf)
+    for name, mtime in finished.items():
+        path = next(lake.abspath("scratch/walk_forward").glob(f"*/{name}"))
+        assert path.stat().st_mtime == mtime, f"{name} was trained again after the kill"
 
     with db_connect() as conn:
         rows = conn.execute(
@@ -106,15 +133,19 @@ async def test_worker_sigkill_mid_stage_resumes_without_recomputing(own_server, 
     pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
 
 
+async def _started_child(client, handle):
+    child = await training_child(client, handle)
+    return child if await training_progress(child) is not None else None
+
+
 async def test_server_restart_mid_run_completes(own_server, pg_dsn, tmp_path):
     _, cfg = write_config(tmp_path, "durable-restart", INTRADAY)
     client = await connect()
     worker = start_worker(tmp_path / "worker.log")
     try:
         handle = await start_pipeline(client, cfg, "test")
-        await wait_for(
-            lambda: pending_activity(handle, "pipeline.walk_forward"), 240, "walk-forward to start"
-        )
+        child = await wait_for(lambda: _started_child(client, handle), 240, "the training child to start")
+        await wait_for(lambda: pending_activity(child, "training.fold"), 240, "a fold to start training")
         # Kill the server hard, then start it again on the same port and SQLite file.
         pid = own_server.pid()
         assert pid is not None

@@ -14,7 +14,8 @@ from temporalio.worker import Replayer
 
 from quanto.starter.pipeline import start_pipeline
 from quanto.workflows.pipeline import ResearchPipelineWorkflow
-from tests.integration.conftest import DAILY, connect, write_config
+from quanto.workflows.training import TrainingWorkflow
+from tests.integration.conftest import DAILY, connect, training_child, training_progress, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -27,12 +28,15 @@ async def daily_run(session_worker, tmp_path_factory):
     _, cfg = write_config(tmp_path_factory.mktemp("daily"), "it-daily", DAILY)
     client = await connect()
     handle = await start_pipeline(client, cfg, "test")
-    return handle, await handle.result(), cfg
+    result = await handle.result()
+    # This run's training child (a later start of the same job is a new run with its own child).
+    child = await training_child(client, handle)
+    return handle, result, cfg, child
 
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_pipeline_completes_with_reports_records_and_search_attributes(daily_run, pg_dsn):
-    handle, result, cfg = daily_run
+    handle, result, cfg, _ = daily_run
     assert result.status == "completed"
     assert [s.name for s in result.stages][0] == "ingest" and all(
         s.status == "completed" for s in result.stages
@@ -59,7 +63,7 @@ async def test_pipeline_completes_with_reports_records_and_search_attributes(dai
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_second_start_reuses_every_stage(daily_run):
-    handle, first, cfg = daily_run
+    handle, first, cfg, _ = daily_run
     client = await connect()
     again = await start_pipeline(client, cfg, "test")
     assert again.id == handle.id  # business-key workflow id
@@ -70,19 +74,48 @@ async def test_second_start_reuses_every_stage(daily_run):
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_replay_current_and_saved_histories(daily_run):
-    handle, _, _ = daily_run
-    history = await handle.fetch_history()
-    if os.environ.get("QUANTO_SAVE_HISTORIES"):  # refresh the saved histories on purpose only
-        HISTORIES.mkdir(exist_ok=True)
-        (HISTORIES / "research_pipeline_daily.json").write_text(history.to_json())
-    replayer = Replayer(workflows=[ResearchPipelineWorkflow], data_converter=pydantic_data_converter)
-    await replayer.replay_workflow(history)
-    saved = sorted(HISTORIES.glob("research_pipeline_*.json"))
-    assert saved, "tests/integration/histories/ must hold saved pipeline histories"
-    for path in saved:
-        from temporalio.client import WorkflowHistory
+    """Both workflow types replay their fresh history and every saved one (the code stays
+    deterministic, and compatible with runs started before a change)."""
+    handle, _, _, child = daily_run
+    for workflow_cls, h, prefix in (
+        (ResearchPipelineWorkflow, handle, "research_pipeline"),
+        (TrainingWorkflow, child, "training"),
+    ):
+        history = await h.fetch_history()
+        if os.environ.get("QUANTO_SAVE_HISTORIES"):  # refresh the saved histories on purpose only
+            HISTORIES.mkdir(exist_ok=True)
+            # With its workflow id: the pipeline derives its child's id from it.
+            saved = {"workflow_id": h.id, "history": json.loads(history.to_json())}
+            (HISTORIES / f"{prefix}_daily.json").write_text(json.dumps(saved))
+        replayer = Replayer(workflows=[workflow_cls], data_converter=pydantic_data_converter)
+        await replayer.replay_workflow(history)
+        saved = sorted(HISTORIES.glob(f"{prefix}_*.json"))
+        assert saved, f"tests/integration/histories/ must hold saved {prefix} histories"
+        for path in saved:
+            from temporalio.client import WorkflowHistory
 
-        await replayer.replay_workflow(WorkflowHistory.from_json(path.stem, json.loads(path.read_text())))
+            doc = json.loads(path.read_text())
+            if "workflow_id" in doc:
+                history = WorkflowHistory.from_json(doc["workflow_id"], doc["history"])
+            else:  # saved before the workflow id was kept beside the history
+                history = WorkflowHistory.from_json(path.stem, doc)
+            await replayer.replay_workflow(history)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_training_child_ran_one_activity_per_fold(daily_run):
+    _, result, _, child = daily_run
+    progress = await training_progress(child)
+    wf = result.results["walk_forward"]
+    assert progress.stage == "done" and progress.done == progress.folds == wf.counters["folds"] >= 2
+    history = await child.fetch_history()
+    types = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    assert types == ["training.plan", *["training.fold"] * wf.counters["folds"], "training.finalize"]
+    assert wf.summary["canary"] is not None and "statistics" in wf.summary
 
 
 @pytest.mark.asyncio(loop_scope="module")

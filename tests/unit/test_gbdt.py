@@ -1,138 +1,106 @@
-"""LightGBMModel: determinism, learning a planted signal (and not learning noise), artifacts."""
+"""LightGBM and XGBoost specifics: seeded bagging, early stopping on the validation window only,
+progress every 10 rounds, native artifacts and the parameters that make fits reproducible.
+(The interface every tabular family shares is tested in test_tabular_models.py.)"""
 
 from __future__ import annotations
 
 import json
 
+import lightgbm as lgb
 import numpy as np
-import pandas as pd
 import pytest
-from scipy.stats import spearmanr
+import xgboost as xgb
 
-from quanto.config.models import ModelConfig
-from quanto.models.gbdt import LightGBMModel, one_class_note
+from quanto.models.base import load_model, make_model
+from quanto.models.gbdt import positional_names
+from tests.unit.test_tabular_models import config, labels, planted
 
-CFG = ModelConfig(n_estimators=40, learning_rate=0.1, num_leaves=7, min_child_samples=10, n_jobs=1)
-
-
-def frame(n: int, seed: int, nan_share: float = 0.0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    X = pd.DataFrame(rng.normal(size=(n, 3)), columns=["signal", "other", "junk"])
-    if nan_share:
-        X = X.mask(rng.random(X.shape) < nan_share)
-    return X
+BOOSTERS = ["lightgbm", "xgboost"]
 
 
-def planted(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
-    """label = signal + small noise."""
-    X = frame(n, seed)
-    noise = np.random.default_rng(seed + 1000).normal(scale=0.1, size=n)
-    return X, X["signal"].to_numpy() + noise
-
-
-def test_two_fits_give_bit_identical_predictions():
-    X, y = planted(400, 1)
-    X = X.mask(np.random.default_rng(5).random(X.shape) < 0.1)  # NaN features on the way
-    a = LightGBMModel(CFG, "regression").fit(X, y).predict(X)
-    b = LightGBMModel(CFG, "regression").fit(X, y).predict(X)
-    assert a.dtype == np.float64
-    assert np.array_equal(a, b)
-
-
-def test_bagging_is_active_and_seeded():
-    # subsample < 1 must really bag: another seed samples other rows and predicts differently.
-    X, y = planted(400, 1)
-    a = LightGBMModel(CFG, "regression").fit(X, y).predict(X)
-    b = LightGBMModel(CFG.model_copy(update={"seed": 7}), "regression").fit(X, y).predict(X)
+@pytest.mark.parametrize("kind", BOOSTERS)
+def test_subsampling_is_active_and_seeded(kind):
+    # subsample < 1 must really sample rows: another seed samples others and predicts differently.
+    d, rows, y = planted(400, 1)
+    a = make_model(config(kind)).fit(d, rows, y).predict(d, rows)
+    b = make_model(config(kind).model_copy(update={"seed": 7})).fit(d, rows, y).predict(d, rows)
     assert not np.array_equal(a, b)
-    assert LightGBMModel(CFG, "regression").params()["bagging_freq"] == 1
 
 
-def test_learns_a_planted_signal():
-    X, y = planted(600, 2)
-    Xt, yt = planted(300, 3)
-    model = LightGBMModel(CFG, "regression").fit(X, y)
-    assert spearmanr(model.predict(Xt), yt).statistic > 0.5
-    importance = model.feature_importance()
-    assert list(importance)[0] == "signal"
-    assert sum(importance.values()) == pytest.approx(1.0)
-    assert list(importance.values()) == sorted(importance.values(), reverse=True)
+def test_lightgbm_trains_with_the_reproducibility_parameters():
+    params = make_model(config("lightgbm", n_jobs=3)).booster_params()
+    assert params["deterministic"] is True and params["force_row_wise"] is True
+    assert (params["seed"], params["num_threads"], params["bagging_freq"]) == (42, 3, 1)
+    assert make_model(config("lightgbm", subsample=1.0)).booster_params()["bagging_freq"] == 0
 
 
-def test_does_not_learn_noise():
-    # Fixed seeds: the outcome is deterministic, and averaging over five seeds keeps it far from the bound.
-    ics = []
-    for seed in range(5):
-        X = frame(500, 10 + seed)
-        Xt = frame(500, 100 + seed)
-        y = np.random.default_rng(200 + seed).normal(size=500)
-        yt = np.random.default_rng(300 + seed).normal(size=500)
-        pred = LightGBMModel(CFG, "regression").fit(X, y).predict(Xt)
-        ics.append(spearmanr(pred, yt).statistic)
-    assert abs(float(np.mean(ics))) < 0.08
+def test_xgboost_trains_with_hist_a_fixed_seed_and_n_jobs_threads():
+    d, rows, y = planted(200, 2)
+    model = make_model(config("xgboost", n_jobs=3, n_estimators=5)).fit(d, rows, y)
+    learner = json.loads(model.booster.save_config())["learner"]
+    assert learner["gradient_booster"]["gbtree_train_param"]["tree_method"] == "hist"
+    assert (learner["generic_param"]["seed"], learner["generic_param"]["nthread"]) == ("42", "3")
 
 
-def test_classification_predicts_probabilities():
-    X, y = planted(600, 4)
-    labels = (y > 0).astype(float)
-    Xt, yt = planted(300, 5)
-    p = LightGBMModel(CFG, "classification").fit(X, labels).predict(Xt)
-    assert ((p >= 0) & (p <= 1)).all()
-    assert np.mean((p > 0.5) == (yt > 0)) > 0.8
+def first_rounds(model, X: np.ndarray, rounds: int) -> np.ndarray:
+    """What `model` predicts for `X` from its first `rounds` boosting rounds only."""
+    if model.family == "lightgbm":
+        return model.booster.predict(X, num_iteration=rounds)
+    return model.booster.inplace_predict(X, iteration_range=(0, rounds)).astype(np.float64)
 
 
-def test_one_class_classification_gives_a_constant_model(tmp_path):
-    X = frame(50, 6)
-    model = LightGBMModel(CFG, "classification").fit(X, np.zeros(50))
-    assert model.note is not None and "one class" in model.note
-    assert np.array_equal(model.predict(X), np.zeros(50))
-    assert set(model.feature_importance().values()) == {0.0}
-    model.save(tmp_path)
-    assert not (tmp_path / "model.txt").exists()
-    loaded = LightGBMModel.load(tmp_path)
-    assert np.array_equal(loaded.predict(X), np.zeros(50))
-    assert loaded.note == model.note
-    ones = LightGBMModel(CFG, "classification").fit(X, np.ones(50))
-    assert np.array_equal(ones.predict(X), np.ones(50))
-    assert one_class_note("regression", np.zeros(5)) is None
-    assert one_class_note("classification", np.array([0.0, 1.0])) is None
+def loss(objective: str, p: np.ndarray, y: np.ndarray) -> float:
+    """The libraries' default early-stopping metric: squared error, or log loss for a classifier."""
+    if objective == "regression":
+        return float(np.mean((p - y) ** 2))
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def test_save_load_round_trip(tmp_path):
-    X, y = planted(300, 7)
-    X = X.mask(np.random.default_rng(8).random(X.shape) < 0.1)
-    model = LightGBMModel(CFG, "regression").fit(X, y)
-    target = tmp_path / "models" / "m1"
-    model.save(target)
-    assert sorted(p.name for p in target.iterdir()) == ["meta.json", "model.txt"]  # no temp files left
-    meta = json.loads((target / "meta.json").read_text())
-    assert meta["objective"] == "regression"
-    assert meta["features"] == ["signal", "other", "junk"]
-    assert ModelConfig.model_validate(meta["cfg"]) == CFG
-    loaded = LightGBMModel.load(target)
-    assert loaded.features == model.features
-    assert np.array_equal(loaded.predict(X), model.predict(X))
-    assert loaded.feature_importance() == model.feature_importance()
+@pytest.mark.parametrize("objective", ["regression", "classification"])
+@pytest.mark.parametrize("kind", BOOSTERS)
+def test_early_stopping_picks_rounds_on_the_validation_window_only(kind, objective, tmp_path):
+    d, rows, y = planted(900, 3)
+    y = labels(objective, y + np.random.default_rng(3).normal(scale=0.5, size=900))  # noisy: rounds overfit
+    train, valid, test = rows[:400], rows[400:600], rows[600:]
+    params = {"n_estimators": 400, "early_stopping_rounds": 5}
+    stopped = make_model(config(kind, objective, **params)).fit(d, train, y[train], valid=(valid, y[valid]))
+    rounds = stopped.booster.num_trees() if kind == "lightgbm" else stopped.booster.num_boosted_rounds()
+    # Without a validation window early_stopping_rounds has nothing to watch: all 400 rounds grow.
+    full = make_model(config(kind, objective, **params)).fit(d, train, y[train])
+    # The stopped model is the first `rounds` rounds of the model trained without the validation
+    # rows (so it never trained on them), and `rounds` is the best on the validation window among
+    # those seen before stopping, 5 rounds later.
+    assert rounds + 5 < 400
+    losses = [
+        loss(objective, first_rounds(full, d.tabular(valid), k), y[valid]) for k in range(1, rounds + 6)
+    ]
+    assert int(np.argmin(losses)) + 1 == rounds
+    assert np.array_equal(stopped.predict(d, test), first_rounds(full, d.tabular(test), rounds))
+    assert not np.array_equal(stopped.predict(d, test), full.predict(d, test))
+    stopped.save(tmp_path)
+    assert json.loads((tmp_path / "meta.json").read_text())["state"]["rounds"] == rounds
+    assert np.array_equal(load_model(tmp_path).predict(d, test), stopped.predict(d, test))
 
 
-def test_predict_selects_columns_by_name():
-    X, y = planted(300, 9)
-    model = LightGBMModel(CFG, "regression").fit(X, y)
-    shuffled = X[["junk", "signal", "other"]].assign(extra=1.0)
-    assert np.array_equal(model.predict(shuffled), model.predict(X))
-    with pytest.raises(ValueError, match="signal"):
-        model.predict(X.drop(columns="signal"))
+@pytest.mark.parametrize("kind", BOOSTERS)
+def test_progress_every_ten_rounds(kind):
+    d, rows, y = planted(200, 4)
+    steps = []
+    make_model(config(kind, n_estimators=35)).fit(d, rows, y, progress=steps.append)
+    assert steps == [{"step": s, "of": 35} for s in (10, 20, 30, 35)]
 
 
-def test_bad_input_is_rejected(tmp_path):
-    X = frame(20, 11)
-    with pytest.raises(ValueError, match="0 or 1"):
-        LightGBMModel(CFG, "classification").fit(X, np.arange(20.0))
-    with pytest.raises(ValueError, match="non-finite"):
-        LightGBMModel(CFG, "regression").fit(X, np.full(20, np.nan))
-    with pytest.raises(ValueError, match="rows"):
-        LightGBMModel(CFG, "regression").fit(X, np.zeros(19))
-    with pytest.raises(RuntimeError, match="not fitted"):
-        LightGBMModel(CFG, "regression").predict(X)
-    with pytest.raises(FileNotFoundError):
-        LightGBMModel.load(tmp_path)
+def test_artifacts_are_the_libraries_own_booster_files(tmp_path):
+    d, rows, y = planted(300, 5, nan_share=0.1)
+    X = d.tabular(rows)
+    for kind in BOOSTERS:
+        model = make_model(config(kind)).fit(d, rows, y)
+        folder = tmp_path / kind
+        model.save(folder)
+        if kind == "lightgbm":
+            native = lgb.Booster(model_file=str(folder / "model.txt")).predict(X)
+        else:
+            booster = xgb.Booster()
+            booster.load_model(str(folder / "model.ubj"))
+            native = booster.predict(xgb.DMatrix(X, feature_names=positional_names(3)))
+        assert np.array_equal(native.astype(np.float64), model.predict(d, rows))

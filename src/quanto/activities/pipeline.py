@@ -6,6 +6,8 @@ stage's progress and its checkpoint details; a retried attempt receives those de
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,12 @@ from quanto.lake.materialize import StageContext, hydrate, slim
 from quanto.lake.storage import Lake
 
 
-def execute_stage(name: str, req: StageRequest) -> StageResult:
-    """Run stage `name` of the research pipeline inside an activity."""
+@contextmanager
+def stage_context(req: StageRequest) -> Iterator[tuple[StageRequest, StageContext]]:
+    """The request with its inputs read back from their manifests, and a StageContext on the job's
+    lake that heartbeats in the background (carrying progress and checkpoint details) until the block
+    ends. Bad input raises a non-retryable ApplicationError: retrying cannot fix it."""
     from quanto.observability.logging import configure_logging
-    from quanto.research import STAGE_FUNCTIONS
 
     configure_logging(console=False, filename="worker.log")
     info = activity.info()
@@ -31,18 +35,26 @@ def execute_stage(name: str, req: StageRequest) -> StageResult:
     req = req.model_copy(update={"inputs": {k: hydrate(lake, v) for k, v in req.inputs.items()}})
     ctx = StageContext(
         lake=lake,
-        workflow_id=info.workflow_id,
-        run_id=info.workflow_run_id,
+        # The pipeline's run, also for the steps its TrainingWorkflow child runs: one run, one id.
+        workflow_id=req.workflow_id or info.workflow_id,
+        run_id=req.run_id or info.workflow_run_id,
         resume=resume_details(),
     )
     timeout = info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else 30.0
     with Heartbeat(ctx, interval=max(0.5, timeout / 4)):
         try:
-            # Long file lists stay in the manifest: payloads stay small whatever the universe size.
-            return slim(STAGE_FUNCTIONS[name](req, ctx))
+            yield req, ctx
         except (InputError, ValidationError) as err:
-            # Retrying cannot fix bad input: fail the stage at once with a message a user can act on.
             raise ApplicationError(str(err), type=type(err).__name__, non_retryable=True) from err
+
+
+def execute_stage(name: str, req: StageRequest) -> StageResult:
+    """Run stage `name` of the research pipeline inside an activity."""
+    from quanto.research import STAGE_FUNCTIONS
+
+    with stage_context(req) as (req, ctx):
+        # Long file lists stay in the manifest: payloads stay small whatever the universe size.
+        return slim(STAGE_FUNCTIONS[name](req, ctx))
 
 
 # Module-level functions (not closures) so a process pool can pickle them by name.
@@ -78,7 +90,8 @@ def train(req: StageRequest) -> StageResult:
 
 @activity.defn(name="pipeline.walk_forward")
 def walk_forward(req: StageRequest) -> StageResult:
-    """Walk-forward out-of-sample predictions."""
+    """The whole walk-forward stage in one activity: what runs started before TrainingWorkflow
+    existed still call (see ResearchPipelineWorkflow's patch); new runs use TrainingWorkflow."""
     return execute_stage("walk_forward", req)
 
 

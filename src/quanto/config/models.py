@@ -8,7 +8,9 @@ import json
 import os
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from quanto.config.model_params import DEFAULT_SPACES, PARAMS, FamilyName, SearchDim, check_space
 
 TIMEFRAMES = ("1min", "5min", "15min", "1h", "1d")
 # Bar timeframes that quote/depth snapshots can be bucketed into (features.microstructure.BAR_EVERY).
@@ -557,35 +559,271 @@ class LabelConfig(Strict):
         return v
 
 
-class ModelConfig(Strict):
-    """LightGBM regressor or classifier; `params` go to LightGBM unchanged."""
+Metric = Literal["ic", "rank_ic", "sharpe", "mse", "auc", "accuracy"]
 
-    kind: Literal["lightgbm"] = "lightgbm"
+
+class SearchConfig(Strict):
+    """Budget, score and pruning of a hyperparameter search (`model.tuning`, `model.automl`).
+
+    Each trial fits a candidate on the fold's training rows and is scored on its validation rows
+    only (`walk_forward.valid_bars` > 0). The search stops after `n_trials` trials or, once
+    `timeout_s` has passed, before starting another (the running trial finishes).
+    """
+
+    n_trials: int | None = Field(30, ge=1, description="trials per fold (pruned ones count)")
+    timeout_s: float | None = Field(None, gt=0, description="no new trial starts after this many seconds")
+    metric: Metric = Field(
+        "ic",
+        description="validation score, as the walk-forward's metrics define it: ic (Pearson of prediction "
+        "and forward return), rank_ic (Spearman), sharpe (of the sign signal, per period), mse "
+        "(classification: Brier score), auc (classification), accuracy (directional hit rate)",
+    )
+    pruner: Literal["median", "successive_halving", "none"] = Field(
+        "median",
+        description="stops trials whose per-epoch validation loss (torch families) falls behind; "
+        "families that report no per-epoch validation loss are scored per trial and never pruned",
+    )
+    n_startup_trials: int = Field(
+        5, ge=0, description="random trials before TPE models the space; the median pruner waits for as many"
+    )
+    n_warmup_steps: int = Field(2, ge=0, description="epochs a trial runs before it can be pruned")
+
+    @model_validator(mode="after")
+    def _budget(self) -> SearchConfig:
+        if self.n_trials is None and self.timeout_s is None:
+            raise ValueError("a search needs a budget: set n_trials, timeout_s or both")
+        return self
+
+
+class TuningConfig(SearchConfig):
+    """Optuna search (seeded TPE) over the hyperparameters of `model.kind`, `model.params` holding
+    the values of those not searched. `space` replaces the family's default space
+    (`quanto.config.model_params.DEFAULT_SPACES`)."""
+
+    space: dict[str, SearchDim] | None = Field(
+        None,
+        description="parameter -> [low, high], [low, high, log] or a list of choices; "
+        "default: the family's default space",
+    )
+
+    def space_for(self, kind: str) -> dict[str, SearchDim]:
+        """The dimensions searched for family `kind`."""
+        return self.space if self.space is not None else DEFAULT_SPACES[kind]
+
+
+class AutoMLConfig(SearchConfig):
+    """Optuna search across `families` and their hyperparameters; `model.kind` and `model.params`
+    are not used. The leaderboard (family, params, score, fit seconds) goes into the report."""
+
+    n_trials: int | None = Field(40, ge=1, description="trials per fold (pruned ones count)")
+    families: list[FamilyName] = Field(
+        default_factory=lambda: ["lightgbm", "xgboost", "random_forest", "linear"], min_length=1
+    )
+    space: dict[FamilyName, dict[str, SearchDim]] = Field(
+        default_factory=dict, description="family -> its search space, replacing that family's default"
+    )
+    params: dict[FamilyName, dict[str, Any]] = Field(
+        default_factory=dict, description="family -> fixed values of the parameters not searched"
+    )
+
+    @model_validator(mode="after")
+    def _known_families(self) -> AutoMLConfig:
+        if len(set(self.families)) != len(self.families):
+            raise ValueError(f"families must be distinct, got {self.families}")
+        for field in ("space", "params"):
+            stray = sorted(set(getattr(self, field)) - set(self.families))
+            if stray:
+                raise ValueError(f"{field} names families {stray} that are not in families {self.families}")
+        for family in self.families:
+            fixed = self.params.get(family, {})
+            try:
+                PARAMS[family].model_validate(fixed)
+                check_space(family, self.space_for(family), fixed)
+            except ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join(str(p) for p in (family, *first["loc"]))
+                raise ValueError(f"params.{where}: {first['msg']}") from None
+            except ValueError as err:
+                raise ValueError(f"{family}: {err}") from None
+        return self
+
+    def space_for(self, family: str) -> dict[str, SearchDim]:
+        """The dimensions searched for `family`."""
+        return self.space.get(family, DEFAULT_SPACES[family])
+
+
+class ModelConfig(Strict):
+    """The model family (`kind`), its objective and its `params` (validated per family: see
+    `quanto.config.model_params`; `quanto config schema pipeline` lists them). Seeds are fixed."""
+
+    kind: FamilyName = "lightgbm"
     objective: Literal["regression", "classification"] = "regression"
-    n_estimators: int = Field(200, ge=1, le=100_000)
-    learning_rate: float = Field(0.05, gt=0, le=1)
-    num_leaves: int = Field(15, ge=2, le=4096)
-    min_child_samples: int = Field(50, ge=1)
-    subsample: float = Field(0.8, gt=0, le=1)
-    colsample_bytree: float = Field(0.8, gt=0, le=1)
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="family parameters, e.g. lightgbm: {n_estimators: 200, num_leaves: 15}",
+    )
     seed: int = 42
     n_jobs: int = Field(2, ge=1)
+    tuning: TuningConfig | None = Field(None, description="search this family's hyperparameters per fold")
+    automl: AutoMLConfig | None = Field(None, description="search across families per fold (kind unused)")
+    ensemble: EnsembleConfig | None = Field(None, description="combine member models per fold (kind unused)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _members_objective(cls, data: Any) -> Any:
+        # An ensemble member predicts what the ensemble predicts unless it says otherwise.
+        ensemble = data.get("ensemble") if isinstance(data, dict) else None
+        if not isinstance(ensemble, dict) or not isinstance(ensemble.get("members"), list):
+            return data
+        objective = data.get("objective", "regression")
+        members = [{"objective": objective, **m} if isinstance(m, dict) else m for m in ensemble["members"]]
+        return {**data, "ensemble": {**ensemble, "members": members}}
+
+    @model_validator(mode="after")
+    def _selection(self) -> ModelConfig:
+        chosen = [name for name in ("tuning", "automl", "ensemble") if getattr(self, name) is not None]
+        if len(chosen) > 1:
+            raise ValueError(
+                f"{' and '.join(chosen)} exclude each other; set one (an ensemble member may have its own tuning)"
+            )
+        for name in chosen:
+            if getattr(self, name).metric == "auc" and self.objective != "classification":
+                raise ValueError(
+                    f"{name}.metric auc needs objective classification; use ic, rank_ic, sharpe, mse or accuracy"
+                )
+        if self.tuning is not None:
+            try:
+                check_space(self.kind, self.tuning.space_for(self.kind), self.params)
+            except ValueError as err:
+                raise ValueError(f"tuning.{err}") from None
+        if self.ensemble is not None:
+            for i, member in enumerate(self.ensemble.members):
+                if member.objective != self.objective:
+                    raise ValueError(
+                        f"ensemble.members[{i}].objective {member.objective!r} differs from objective {self.objective!r}"
+                    )
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_params(cls, data: Any) -> Any:
+        # Validated and completed with the family's defaults, so stage keys see every value.
+        if not isinstance(data, dict):
+            return data
+        kind = data.get("kind", "lightgbm")
+        if kind not in PARAMS:
+            return data  # the `kind` field reports it
+        try:
+            params = PARAMS[kind].model_validate(data.get("params") or {}).model_dump(mode="json")
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in err.errors()
+            )
+            raise ValueError(f"params for {kind}: {problems}") from None
+        return {**data, "params": params}
+
+
+class EnsembleConfig(Strict):
+    """Several member models fitted per fold and combined: `mean` (equal weights), `stacking` (a
+    ridge / logistic meta-model on the members' predictions for the validation window, never on
+    their in-sample fits) or `sharpe` (weights >= 0 summing to 1, each <= `max_weight`, that maximize
+    the Sharpe ratio of the weighted signal on the validation window)."""
+
+    method: Literal["mean", "stacking", "sharpe"] = "mean"
+    members: list[ModelConfig] = Field(
+        min_length=2,
+        description="model blocks (kind, params, tuning, ...); objective defaults to the ensemble's",
+    )
+    max_weight: float = Field(0.4, gt=0, le=1, description="sharpe: the largest weight of one member")
+    meta_alpha: float = Field(
+        1.0, gt=0, description="stacking: penalty of the meta-model (logistic: C = 1/alpha)"
+    )
+    metric: Metric = Field(
+        "ic", description="score of each member on the validation window, for the leaderboard"
+    )
+
+    @model_validator(mode="after")
+    def _feasible(self) -> EnsembleConfig:
+        for i, member in enumerate(self.members):
+            if member.ensemble is not None:
+                raise ValueError(f"members[{i}] is an ensemble itself; list its members here instead")
+        if self.method == "sharpe" and self.max_weight * len(self.members) < 1:
+            raise ValueError(
+                f"max_weight {self.max_weight} x {len(self.members)} members < 1: the weights cannot sum "
+                f"to 1; raise max_weight to at least {1 / len(self.members):.4g} or add members"
+            )
+        return self
+
+
+ModelConfig.model_rebuild()
 
 
 class WalkForwardConfig(Strict):
-    """Walk-forward windows in bars (unique timestamps of the panel)."""
+    """Walk-forward windows in bars (unique timestamps of the panel).
 
-    scheme: Literal["rolling", "expanding"] = "rolling"
-    train_bars: int = Field(756, ge=10)
+    rolling / expanding: train, then `valid_bars` of validation (model selection and early stopping
+    only; 0 = none), then `test_bars` of test, moved forward by `step_bars`; `embargo_bars` are
+    skipped after the training and after the validation window. cpcv: combinatorial purged
+    cross-validation (López de Prado): the bars split into `n_groups` groups, every choice of
+    `k_test_groups` of them is one fold's test set, the rest (purged, embargoed on both sides of each
+    test group) its training set; the backtest gets the first of its paths (see
+    quanto.evaluation.walkforward).
+    """
+
+    scheme: Literal["rolling", "expanding", "cpcv"] = "rolling"
+    train_bars: int = Field(756, ge=10, description="rolling/expanding: bars of the (first) training window")
+    valid_bars: int = Field(0, ge=0, description="bars of the validation window; 0 = no validation window")
     test_bars: int = Field(63, ge=1)
     step_bars: int | None = Field(None, ge=1, description="defaults to test_bars")
-    embargo_bars: int = Field(0, ge=0, description="bars dropped after the training window")
+    embargo_bars: int = Field(
+        0,
+        ge=0,
+        description="bars dropped after the training and the validation window (cpcv: around each test group)",
+    )
     max_folds: int | None = Field(None, ge=1, description="keep only the last N folds")
+    n_groups: int = Field(6, ge=2, le=64, description="cpcv: groups of consecutive bars")
+    k_test_groups: int = Field(2, ge=1, description="cpcv: groups in each fold's test set")
 
     @property
     def step(self) -> int:
         """The step between fold starts."""
         return self.step_bars or self.test_bars
+
+    @model_validator(mode="after")
+    def _scheme_fields(self) -> WalkForwardConfig:
+        # Values, not `model_fields_set`: a dumped config (every field present) must validate again.
+        fields = type(self).model_fields
+        given = {f for f in fields if getattr(self, f) != fields[f].default}
+        if self.scheme == "cpcv":
+            wrong = [f for f in ("valid_bars", "step_bars", "max_folds") if f in given]
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)} apply to scheme rolling or expanding, not cpcv")
+            if self.k_test_groups >= self.n_groups:
+                raise ValueError(
+                    f"k_test_groups ({self.k_test_groups}) must be below n_groups ({self.n_groups}): "
+                    "some groups must be left to train on"
+                )
+        else:
+            wrong = [f for f in ("n_groups", "k_test_groups") if f in given]
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)} apply to scheme cpcv, not {self.scheme}")
+        return self
+
+
+class EvaluationConfig(Strict):
+    """Honest-evaluation settings of the walk-forward stage (quanto.evaluation)."""
+
+    canary: bool = Field(
+        True,
+        description="retrain every fold on labels shuffled within its training (and validation) window; "
+        "out-of-sample skill must vanish, else the run is flagged as leaking (doubles training time)",
+    )
+    canary_alpha: float = Field(
+        0.001, gt=0, lt=0.5, description="false-alarm rate of the canary's test (each of IC and accuracy)"
+    )
+    leaderboard_rows: int = Field(
+        10, ge=0, description="candidates of each fold's search kept in the summary"
+    )
 
 
 class BacktestConfig(Strict):
@@ -616,6 +854,9 @@ class RuntimeConfig(Strict):
     heartbeat_timeout_s: float = Field(30.0, gt=0, le=3600)
     stage_timeout_s: float = Field(3600.0, gt=0, description="start-to-close timeout of one stage")
     max_attempts: int = Field(5, ge=1, le=100)
+    max_parallel_folds: int = Field(
+        4, ge=1, le=256, description="walk-forward folds trained at once (one activity each, on quanto-train)"
+    )
 
 
 class PipelineConfig(Strict):
@@ -632,6 +873,7 @@ class PipelineConfig(Strict):
     label: LabelConfig = LabelConfig()
     model: ModelConfig = ModelConfig()
     walk_forward: WalkForwardConfig = WalkForwardConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     backtest: BacktestConfig = BacktestConfig()
     report: ReportConfig = ReportConfig()
     runtime: RuntimeConfig = RuntimeConfig()

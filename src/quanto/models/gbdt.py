@@ -1,208 +1,212 @@
-"""LightGBM regressor / classifier behind one small, deterministic interface.
+"""Gradient-boosted trees: LightGBM ("lightgbm") and XGBoost ("xgboost"), regressor or classifier.
 
-The native LightGBM API is used (not the sklearn wrapper) so that the artifact is exactly the text
-booster LightGBM itself reads, and so every parameter that affects reproducibility is set explicitly.
+Both use their library's native API (not the scikit-learn wrappers), so that every parameter that
+affects reproducibility is set explicitly and the artifact is the booster file the library itself
+reads: LightGBM's text model, XGBoost's UBJSON. NaN features are left to the libraries' own
+missing-value handling. Early stopping watches the validation window when the fold has one and
+`early_stopping_rounds` is set; the saved model holds the best iteration's trees only.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
-import pandas as pd
+import xgboost as xgb
 
 from quanto.config.models import ModelConfig
-
-log = logging.getLogger(__name__)
-
-Objective = Literal["regression", "classification"]
-
-MODEL_FILE = "model.txt"
-META_FILE = "meta.json"
-META_VERSION = 1
+from quanto.models.base import Progress, register_family, write_atomic
+from quanto.models.tabular import PROGRESS_EVERY, TabularModel
 
 
-def one_class_note(objective: Objective, y: np.ndarray) -> str | None:
-    """Why a classifier cannot be trained on `y`, or None when it can.
-
-    A training window whose direction labels are all 0 (or all 1) has nothing to separate; the model
-    then predicts the observed class frequency as a constant probability instead of failing the run.
-    """
-    if objective != "classification" or len(y) == 0:
-        return None
-    classes = np.unique(np.asarray(y, dtype=np.float64))
-    if len(classes) > 1:
-        return None
-    return (
-        f"training labels hold one class only ({int(classes[0])}, {len(y)} rows); "
-        f"predicting the constant probability P(class 1) = {float(classes[0]):.1f}"
-    )
+def positional_names(n: int) -> list[str]:
+    """Feature names given to the boosters: f0, f1, ... LightGBM rejects JSON-special characters in
+    names, and the real names live in meta.json anyway."""
+    return [f"f{i}" for i in range(n)]
 
 
-class LightGBMModel:
-    """A LightGBM model configured by `ModelConfig`.
+def report_round(progress: Progress | None, step: int, of: int) -> None:
+    """Report boosting round `step` (1-based) of `of` every `PROGRESS_EVERY` rounds and at the last."""
+    if progress is not None and (step % PROGRESS_EVERY == 0 or step == of):
+        progress({"step": step, "of": of})
 
-    Deterministic by construction: a fixed seed (which also seeds bagging and feature sampling),
-    `deterministic=True` and `force_row_wise=True`, so two fits on the same data give bit-identical
-    predictions. NaN features are left to LightGBM's missing-value handling.
-    """
 
-    def __init__(self, cfg: ModelConfig, objective: Objective) -> None:
-        if objective not in ("regression", "classification"):
-            raise ValueError(f"objective must be 'regression' or 'classification', got {objective!r}")
-        self.cfg = cfg
-        self.objective: Objective = objective
-        self.features: list[str] = []
+@register_family
+class LightGBMModel(TabularModel):
+    """LightGBM (native API). Deterministic by construction: a fixed seed (which also seeds bagging
+    and feature sampling), `deterministic=True` and `force_row_wise=True`, so two fits on the same
+    data give bit-identical predictions. Importance is the total split gain."""
+
+    family = "lightgbm"
+    files = ("model.txt",)
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
         self.booster: lgb.Booster | None = None
-        # Set instead of a booster when the classifier saw one class only (see `one_class_note`).
-        self.constant: float | None = None
-        self.note: str | None = None
 
-    # -- training -----------------------------------------------------------------------------
-
-    def params(self) -> dict[str, Any]:
+    def booster_params(self) -> dict[str, Any]:
         """The LightGBM parameters this model trains with (also recorded in the booster file)."""
-        cfg = self.cfg
+        p = self.params
         return {
             "objective": "binary" if self.objective == "classification" else "regression",
-            "learning_rate": cfg.learning_rate,
-            "num_leaves": cfg.num_leaves,
-            "min_data_in_leaf": cfg.min_child_samples,
-            "bagging_fraction": cfg.subsample,
+            "learning_rate": p["learning_rate"],
+            "num_leaves": p["num_leaves"],
+            "min_data_in_leaf": p["min_child_samples"],
+            "bagging_fraction": p["subsample"],
             # LightGBM ignores bagging_fraction unless bagging_freq > 0.
-            "bagging_freq": 1 if cfg.subsample < 1.0 else 0,
-            "feature_fraction": cfg.colsample_bytree,
-            # `seed` derives bagging, feature-fraction and data-sampling seeds.
-            "seed": cfg.seed,
+            "bagging_freq": 1 if p["subsample"] < 1.0 else 0,
+            "feature_fraction": p["colsample_bytree"],
+            "lambda_l2": p["reg_lambda"],
+            # `seed` derives the bagging, feature-fraction and data-sampling seeds.
+            "seed": self.cfg.seed,
             "deterministic": True,
             "force_row_wise": True,
-            "num_threads": cfg.n_jobs,
+            "num_threads": self.cfg.n_jobs,
             "verbosity": -1,
         }
 
-    def fit(self, X: pd.DataFrame, y: np.ndarray) -> LightGBMModel:
-        """Train on the feature frame `X` (column order is remembered) and labels `y`."""
-        if not isinstance(X, pd.DataFrame):
-            raise TypeError("X must be a pandas DataFrame with one column per feature")
-        y = np.asarray(y, dtype=np.float64)
-        if len(X) != len(y):
-            raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
-        if len(y) == 0:
-            raise ValueError("cannot fit a model on zero rows")
-        if not np.isfinite(y).all():
-            raise ValueError(f"y holds {int((~np.isfinite(y)).sum())} non-finite labels; drop them first")
-        if self.objective == "classification" and not np.isin(y, (0.0, 1.0)).all():
-            raise ValueError("classification labels must be 0 or 1")
-
-        self.features = [str(c) for c in X.columns]
-        self.booster, self.constant, self.note = None, None, one_class_note(self.objective, y)
-        if self.note is not None:
-            log.warning("lightgbm: %s", self.note)
-            self.constant = float(y[0])
-            return self
-
-        data = lgb.Dataset(
-            self._matrix(X),
-            label=y,
-            # Positional names: LightGBM rejects JSON-special characters in feature names, and the
-            # real names live in meta.json anyway.
-            feature_name=[f"f{i}" for i in range(len(self.features))],
-            free_raw_data=True,
+    def _fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        valid: tuple[np.ndarray, np.ndarray] | None,
+        progress: Progress | None,
+    ) -> None:
+        p = self.params
+        total = p["n_estimators"]
+        data = lgb.Dataset(X, label=y, feature_name=positional_names(X.shape[1]), free_raw_data=True)
+        valid_sets, callbacks = [], [lambda env: report_round(progress, env.iteration + 1, total)]
+        if valid is not None and p["early_stopping_rounds"] is not None:
+            # `reference`: the validation rows are binned with the training rows' bin edges.
+            valid_sets.append(lgb.Dataset(valid[0], label=valid[1], reference=data))
+            callbacks.append(lgb.early_stopping(p["early_stopping_rounds"], verbose=False))
+        # After early stopping, lgb.train returns the booster rebuilt from the best iteration's trees
+        # (keep_training_booster=False), so the model and its artifact predict alike.
+        self.booster = lgb.train(
+            self.booster_params(), data, num_boost_round=total, valid_sets=valid_sets, callbacks=callbacks
         )
-        self.booster = lgb.train(self.params(), data, num_boost_round=self.cfg.n_estimators)
-        return self
 
-    # -- inference ----------------------------------------------------------------------------
-
-    def predict(self, X: pd.DataFrame) -> np.ndarray:
-        """Regression: the predicted value; classification: P(class 1). One float64 per row."""
-        if self.booster is None and self.constant is None:
-            raise RuntimeError("model is not fitted")
-        matrix = self._matrix(self._select(X))
-        if self.constant is not None:
-            return np.full(len(matrix), self.constant, dtype=np.float64)
+    def _predict(self, X: np.ndarray) -> np.ndarray:
         assert self.booster is not None
-        return np.asarray(self.booster.predict(matrix, num_threads=self.cfg.n_jobs), dtype=np.float64)
+        return self.booster.predict(X, num_threads=self.cfg.n_jobs)
 
-    def feature_importance(self) -> dict[str, float]:
-        """Total split gain per feature, normalized to sum 1, largest first (all 0 without splits)."""
-        if self.booster is None:
-            gains = np.zeros(len(self.features))
-        else:
-            gains = np.asarray(self.booster.feature_importance(importance_type="gain"), dtype=np.float64)
-        total = gains.sum()
-        shares = gains / total if total > 0 else gains
-        ranked = sorted(zip(self.features, shares, strict=True), key=lambda kv: (-kv[1], kv[0]))
-        return {name: float(share) for name, share in ranked}
+    def _importance(self) -> np.ndarray:
+        assert self.booster is not None
+        return np.asarray(self.booster.feature_importance(importance_type="gain"), dtype=np.float64)
 
-    # -- artifacts ----------------------------------------------------------------------------
-
-    def save(self, dir: Path) -> None:
-        """Write `model.txt` (LightGBM's text booster) and `meta.json` into `dir`, each atomically.
-
-        A constant (one-class) model has no booster: only meta.json is written, and a stale
-        model.txt is removed so the directory never mixes two models.
-        """
-        if self.booster is None and self.constant is None:
-            raise RuntimeError("model is not fitted")
-        dir = Path(dir)
-        dir.mkdir(parents=True, exist_ok=True)
-        if self.booster is not None:
-            _write_atomic(dir / MODEL_FILE, self.booster.model_to_string())
-        else:
-            (dir / MODEL_FILE).unlink(missing_ok=True)
-        meta = {
-            "version": META_VERSION,
-            "kind": "lightgbm",
+    def _save_fitted(self, folder: Path) -> dict[str, Any]:
+        assert self.booster is not None
+        write_atomic(folder / self.files[0], self.booster.model_to_string())
+        return {
+            "file": self.files[0],
+            "rounds": self.booster.current_iteration(),
             "lightgbm_version": lgb.__version__,
-            "objective": self.objective,
-            "features": self.features,
-            "cfg": self.cfg.model_dump(mode="json"),
-            "constant": self.constant,
-            "note": self.note,
         }
-        # meta.json last: its presence marks a complete artifact.
-        _write_atomic(dir / META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
-    @classmethod
-    def load(cls, dir: Path) -> LightGBMModel:
-        """Read a model written by `save`."""
-        dir = Path(dir)
-        meta_path = dir / META_FILE
-        if not meta_path.exists():
-            raise FileNotFoundError(f"no {META_FILE} in {dir}: not a saved model")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("version") != META_VERSION:
-            raise ValueError(f"{meta_path}: unsupported meta version {meta.get('version')!r}")
-        model = cls(ModelConfig.model_validate(meta["cfg"]), meta["objective"])
-        model.features = list(meta["features"])
-        model.note = meta.get("note")
-        if meta.get("constant") is not None:
-            model.constant = float(meta["constant"])
-        else:
-            model.booster = lgb.Booster(model_str=(dir / MODEL_FILE).read_text())
-        return model
-
-    # -- internals ----------------------------------------------------------------------------
-
-    def _select(self, X: pd.DataFrame) -> pd.DataFrame:
-        missing = [f for f in self.features if f not in X.columns]
-        if missing:
-            raise ValueError(f"X lacks feature columns the model was trained on: {missing}")
-        return X[self.features]
-
-    @staticmethod
-    def _matrix(X: pd.DataFrame) -> np.ndarray:
-        # float64, C-contiguous: what LightGBM reads without another copy; NaN stays NaN.
-        return np.ascontiguousarray(X.to_numpy(dtype=np.float64, na_value=np.nan))
+    def _load_fitted(self, folder: Path, state: dict[str, Any]) -> None:
+        path = folder / self.files[0]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the saved model is incomplete")
+        self.booster = lgb.Booster(model_str=path.read_text())
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+class RoundReporter(xgb.callback.TrainingCallback):
+    """Reports XGBoost's boosting rounds to `progress`."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        super().__init__()
+        self.progress, self.total = progress, total
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+        """Report round `epoch` (0-based); never asks training to stop."""
+        report_round(self.progress, epoch + 1, self.total)
+        return False
+
+
+@register_family
+class XGBoostModel(TabularModel):
+    """XGBoost (native API, hist tree method). Deterministic: a fixed seed for row and column
+    subsampling and nthread = n_jobs; the CPU hist method gives bit-identical predictions run to run.
+    Importance is the total split gain. Saved in XGBoost's own UBJSON format."""
+
+    family = "xgboost"
+    files = ("model.ubj",)
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.booster: xgb.Booster | None = None
+
+    def booster_params(self) -> dict[str, Any]:
+        """The XGBoost parameters this model trains with (also recorded in the booster file)."""
+        p = self.params
+        return {
+            "objective": "binary:logistic" if self.objective == "classification" else "reg:squarederror",
+            "eta": p["learning_rate"],
+            "max_depth": p["max_depth"],
+            "min_child_weight": p["min_child_weight"],
+            "subsample": p["subsample"],
+            "colsample_bytree": p["colsample_bytree"],
+            "lambda": p["reg_lambda"],
+            "tree_method": "hist",
+            "seed": self.cfg.seed,
+            "nthread": self.cfg.n_jobs,
+            "verbosity": 0,
+        }
+
+    def _fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        valid: tuple[np.ndarray, np.ndarray] | None,
+        progress: Progress | None,
+    ) -> None:
+        p = self.params
+        total = p["n_estimators"]
+        names = positional_names(X.shape[1])
+        data = xgb.DMatrix(X, label=y, feature_names=names, nthread=self.cfg.n_jobs)
+        stopping: dict[str, Any] = {}
+        if valid is not None and p["early_stopping_rounds"] is not None:
+            watched = xgb.DMatrix(valid[0], label=valid[1], feature_names=names, nthread=self.cfg.n_jobs)
+            stopping = {"evals": [(watched, "valid")], "early_stopping_rounds": p["early_stopping_rounds"]}
+        booster = xgb.train(
+            self.booster_params(),
+            data,
+            num_boost_round=total,
+            callbacks=[RoundReporter(progress, total)],
+            verbose_eval=False,
+            **stopping,
+        )
+        if stopping:
+            # xgb.train returns the last round's model: keep the best round's trees only.
+            booster = booster[: booster.best_iteration + 1]
+        self.booster = booster
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
+        assert self.booster is not None
+        return self.booster.inplace_predict(X)
+
+    def _importance(self) -> np.ndarray:
+        assert self.booster is not None
+        gains = self.booster.get_score(importance_type="total_gain")  # features never split on are absent
+        return np.array(
+            [gains.get(name, 0.0) for name in positional_names(len(self.features))], dtype=np.float64
+        )
+
+    def _save_fitted(self, folder: Path) -> dict[str, Any]:
+        assert self.booster is not None
+        write_atomic(folder / self.files[0], bytes(self.booster.save_raw(raw_format="ubj")))
+        return {
+            "file": self.files[0],
+            "rounds": self.booster.num_boosted_rounds(),
+            "xgboost_version": xgb.__version__,
+        }
+
+    def _load_fitted(self, folder: Path, state: dict[str, Any]) -> None:
+        path = folder / self.files[0]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the saved model is incomplete")
+        self.booster = xgb.Booster(
+            params={"nthread": self.cfg.n_jobs}, model_file=bytearray(path.read_bytes())
+        )

@@ -1,13 +1,14 @@
-"""The train stage: fit the deployable model on the most recent training window and register it."""
+"""The train stage: fit the deployable model on the most recent windows and register it as a candidate."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from quanto.config.models import PipelineConfig
+from quanto.config.models import PipelineConfig, WalkForwardConfig
 from quanto.contracts import FileRef, StageRequest, StageResult
 from quanto.lake.materialize import Materialized, StageContext, materialize
-from quanto.lake.storage import Lake, sha256_file
+from quanto.lake.storage import Lake
 
 
 def load_dataset(
@@ -22,63 +23,103 @@ def load_dataset(
     return data, columns
 
 
+def latest_windows(data: pd.DataFrame, wf: WalkForwardConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """Row positions of the deployable model's training window and validation window (None without
+    `valid_bars`): the most recent labelled bars, laid out as a walk-forward fold ending today.
+
+    Validation: the last `valid_bars` labelled bars. Training: the `train_bars` bars before them,
+    less `embargo_bars`; a training row whose label ends (t1) inside the validation window is purged.
+    Only labels whose horizon has ended are known today, so unlabelled rows are never used.
+    """
+    known = data["label"].notna().to_numpy()
+    stamps = pd.DatetimeIndex(data.loc[known, "ts"].drop_duplicates().sort_values())
+    ts = data["ts"]
+    valid = None
+    end = len(stamps)
+    if wf.valid_bars:
+        if len(stamps) <= wf.valid_bars + wf.embargo_bars:
+            raise ValueError(
+                f"{len(stamps)} labelled bars cannot hold walk_forward.valid_bars={wf.valid_bars} "
+                f"+ embargo_bars={wf.embargo_bars} and a training window"
+            )
+        valid_start = stamps[len(stamps) - wf.valid_bars]
+        valid = np.flatnonzero(known & (ts >= valid_start).to_numpy())
+        end = len(stamps) - wf.valid_bars - wf.embargo_bars
+    first = stamps[max(0, end - wf.train_bars)]
+    last = stamps[end - 1]
+    in_train = known & ((ts >= first) & (ts <= last)).to_numpy()
+    if valid is not None:  # purge: a label that ends inside the validation window saw its prices
+        in_train &= (data["t1"] < stamps[len(stamps) - wf.valid_bars]).to_numpy()
+    return np.flatnonzero(in_train), valid
+
+
 def run_train(req: StageRequest, ctx: StageContext) -> StageResult:
-    """Train the production candidate on the last `walk_forward.train_bars` labelled bars."""
-    from quanto.models.gbdt import LightGBMModel
+    """Train the production candidate on the latest windows (`latest_windows`) and register it."""
+    from quanto.models.base import Design
+    from quanto.models.registry import feature_versions, inspect_artifact, register_model
+    from quanto.models.selection import fit_fold
 
     cfg = PipelineConfig.model_validate(req.config)
     feat_refs = req.inputs["features"].files("features")
     label_refs = req.inputs["labels"].files("labels")
     stage_cfg = {
         "model": cfg.model.model_dump(mode="json"),
-        "objective": cfg.model.objective,
-        "train_bars": cfg.walk_forward.train_bars,
+        "windows": cfg.walk_forward.model_dump(mode="json"),
         "name": cfg.name,  # the model id and folder carry the job's name
     }
 
     def compute(key: str) -> Materialized:
         data, columns = load_dataset(ctx.lake, feat_refs, label_refs)
-        # Only labels whose horizon has ended are known today: a deployable model trains on those.
-        known = data[data["label"].notna()]
-        stamps = known["ts"].drop_duplicates().sort_values()
-        window = known[known["ts"] >= stamps.iloc[max(0, len(stamps) - cfg.walk_forward.train_bars)]]
-        model = LightGBMModel(cfg.model, cfg.model.objective).fit(window[columns], window["label"].to_numpy())
+        design = Design(data, columns)
+        train, valid = latest_windows(data, cfg.walk_forward)
+        labels = data["label"].to_numpy(dtype=np.float64)
+
+        def progress(p: dict) -> None:
+            ctx.progress(int(p.get("step", 0)), int(p.get("of", 0)), "training")
+
+        fit = fit_fold(
+            cfg.model,
+            design,
+            (train, labels[train]),
+            None if valid is None else (valid, labels[valid]),
+            progress=progress,
+            checkpoint=ctx.lake.abspath(f"scratch/train/{key[:16]}"),
+        )
+        model = fit.model
         model_id = f"{cfg.name}-{key[:12]}"
-        folder = ctx.lake.abspath(f"models/{model_id}")
-        model.save(folder)
-        # A one-class window gives a constant model, saved as meta.json alone (no model.txt).
-        outputs = [
-            FileRef(path=ctx.lake.relpath(p), sha256=sha256_file(p), rows=0, role=role)
-            for p, role in ((folder / "model.txt", "model"), (folder / "meta.json", "model_meta"))
-            if p.is_file()
-        ]
-        importance = model.feature_importance()
-        summary = {
+        window = data.iloc[train]
+        metrics = {
+            "n_train": len(train),
+            "n_valid": 0 if valid is None else len(valid),
+            "n_trials": fit.n_trials,
+        }
+        registration = {
             "model_id": model_id,
-            "train_start": str(window["ts"].min()),
-            "train_end": str(window["ts"].max()),
-            "n_train": len(window),
-            "feature_importance": [[k, float(v)] for k, v in importance.items()],
+            "config": cfg,
+            "features": feature_versions(model.features),
+            "data_hashes": {f.path: f.sha256 for f in feat_refs + label_refs},
+            "metrics": metrics,
+            "fold_summary": {"leaderboard": fit.leaderboard[:20]} if fit.leaderboard else None,
         }
         if ctx.record:
-            from quanto.store.records import upsert_model
-
             with ctx.db() as conn:
-                upsert_model(
-                    conn,
-                    {
-                        "model_id": model_id,
-                        "kind": cfg.model.kind,
-                        "objective": cfg.model.objective,
-                        "path": f"models/{model_id}",
-                        "features": columns,
-                        "config": stage_cfg,
-                        "data_hashes": [f.sha256 for f in feat_refs + label_refs],
-                        "metrics": {"n_train": len(window)},
-                    },
-                )
+                register_model(ctx.lake, model, db=conn, **registration)
+        else:
+            register_model(ctx.lake, model, db=None, **registration)
+        summary = {
+            "model_id": model_id,
+            "family": model.family,
+            "train_start": str(window["ts"].min()),
+            "train_end": str(window["ts"].max()),
+            "n_train": len(train),
+            "n_trials": fit.n_trials,
+            "note": model.note,
+            "feature_importance": [[k, float(v)] for k, v in model.feature_importance().items()],
+        }
         return Materialized(
-            outputs, counters={"rows": len(window), "features": len(columns)}, summary=summary
+            inspect_artifact(ctx.lake, model_id).files,
+            counters={"rows": len(train), "features": len(columns)},
+            summary=summary,
         )
 
     return materialize("train", ctx, feat_refs + label_refs, stage_cfg, compute)

@@ -20,7 +20,7 @@ def config_summary(cfg: PipelineConfig) -> dict[str, str]:
         "Universe": f"{', '.join(u.symbols)} ({u.vendor}, {u.timeframe})",
         "Dates": f"{u.start} to {u.end}",
         "Label": label,
-        "Model": f"LightGBM {m.objective}, {m.n_estimators} trees, lr {m.learning_rate:g}, {m.num_leaves} leaves",
+        "Model": f"{m.kind} {m.objective} ({', '.join(f'{k}={v}' for k, v in m.params.items() if v is not None)})",
         "Walk-forward": f"{wf.scheme}, train {wf.train_bars} / test {wf.test_bars} / step {wf.step} bars,"
         f" embargo {wf.embargo_bars}",
         "Positions": f"{bt.mode.replace('_', '/')}, fill at next bar's open",
@@ -36,7 +36,7 @@ def run_report(req: StageRequest, ctx: StageContext) -> StageResult:
     cfg = PipelineConfig.model_validate(req.config)
     validate, train, wf, bt = (req.inputs[k] for k in ("validate", "train", "walk_forward", "backtest"))
     equity_refs = bt.files("equity")
-    inputs = equity_refs + train.files("model") + train.files("model_meta")
+    inputs = equity_refs + train.files("model") + train.files("model_card")
     stage_cfg = {
         "report": cfg.report.model_dump(mode="json"),
         "summary": config_summary(cfg),

@@ -31,12 +31,14 @@ pipeline_app = typer.Typer(no_args_is_help=True, help="Research pipeline runs.")
 config_app = typer.Typer(no_args_is_help=True, help="Job-file schemas.")
 data_app = typer.Typer(no_args_is_help=True, help="Market data in the lake.")
 features_app = typer.Typer(no_args_is_help=True, help="The feature registry.")
+models_app = typer.Typer(no_args_is_help=True, help="The model registry: candidates and production models.")
 schedule_app = typer.Typer(no_args_is_help=True, help="Temporal Schedules from configs/schedules.yaml.")
 app.add_typer(server_app, name="server")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
+app.add_typer(models_app, name="models")
 app.add_typer(schedule_app, name="schedule")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
@@ -515,6 +517,92 @@ def features_check_lookahead(
     _emit(as_json, {"passed": not bad, "features": results}, text)
     if bad:
         raise typer.Exit(1)
+
+
+# --- models -------------------------------------------------------------------------------------------
+
+
+def _registry_call(as_json: bool, action: Any) -> Any:
+    """Run one registry operation on Quanto's database: an unknown id or bad input exits 2, a
+    database that cannot be reached exits 1."""
+    import psycopg
+
+    from quanto.store.db import connect, dsn_from_env, redact_dsn
+
+    try:
+        conn = connect()
+    except psycopg.Error as err:
+        _fail(as_json, 1, f"PostgreSQL at {redact_dsn(dsn_from_env())} is not usable: {err}".strip())
+    try:
+        with conn:
+            return action(conn)
+    except InputError as err:
+        _fail(as_json, 2, str(err))
+
+
+@models_app.command("ls")
+def models_ls(
+    name: Annotated[str | None, typer.Option("--name", help="Only models of this job name.")] = None,
+    stage: Annotated[
+        str | None, typer.Option("--stage", help="Only this stage: candidate or production.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Registered models, newest first: id, job name, family, objective, stage, created_at, metrics."""
+    from quanto.models.registry import list_models
+
+    rows = _registry_call(as_json, lambda c: [r.summary() for r in list_models(c, name=name, stage=stage)])
+    text = "\n".join(
+        f"{r['model_id']:<40} {r['name']:<20} {r['family']:<13} {r['objective']:<14} {r['stage']:<10} "
+        f"{r['created_at'][:19]}"
+        for r in rows
+    )
+    _emit(as_json, {"models": rows}, text or "no models registered yet")
+
+
+@models_app.command("show")
+def models_show(model_id: str, lake: LakeOption = None, as_json: JsonFlag = False) -> None:
+    """One model's full record (features with versions, config, data hashes, metrics) and its artifact
+    files in the lake, checked against the hashes recorded at registration."""
+    from quanto.lake.storage import Lake
+    from quanto.models.registry import get_model, inspect_artifact
+
+    record = _registry_call(as_json, lambda c: get_model(c, model_id))
+    artifact = inspect_artifact(Lake(_lake_root(lake)), model_id)
+    out = {
+        **record.to_json(),
+        "artifact_dir": str(artifact.folder),
+        "files": [f.model_dump(include={"path", "sha256", "role"}) for f in artifact.files],
+        "problems": artifact.problems,
+    }
+    lines = [
+        f"{out['model_id']}  ({out['name']}, {out['family']} {out['objective']})",
+        f"  stage       {out['stage']}" + (f" since {out['promoted_at'][:19]}" if out["promoted_at"] else ""),
+        f"  created     {out['created_at'][:19]}  code {out['code_version']}",
+        f"  metrics     {json.dumps(out['metrics'])}",
+        f"  features    {len(out['features'])}: "
+        + ", ".join(f"{n}@{'—' if v is None else v}" for n, v in out["features"].items()),
+        f"  data        {len(out['data_hashes'])} files hashed",
+        f"  artifact    {out['artifact_dir']}",
+        *(f"    {f['path'].rsplit('/', 1)[-1]:<24} {f['sha256'][:16]}" for f in out["files"]),
+        *(f"  problem     {p}" for p in out["problems"]),
+    ]
+    _emit(as_json, out, "\n".join(lines))
+
+
+@models_app.command("promote")
+def models_promote(model_id: str, as_json: JsonFlag = False) -> None:
+    """Make a model the production model of its job name; the previous production model becomes a
+    candidate again. Promoting the production model again changes nothing."""
+    from quanto.models.registry import promote
+
+    out = _registry_call(as_json, lambda c: promote(c, model_id).to_json())
+    if not out["changed"]:
+        text = f"{model_id} already is the production model of {out['name']}"
+    else:
+        demoted = f"; {', '.join(out['demoted'])} back to candidate" if out["demoted"] else ""
+        text = f"{model_id} is now the production model of {out['name']}{demoted}"
+    _emit(as_json, out, text)
 
 
 # --- schedules ----------------------------------------------------------------------------------------

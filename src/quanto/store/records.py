@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 
@@ -90,20 +91,105 @@ def replace_imputation_audit(
     return audit.height
 
 
-def upsert_model(conn: psycopg.Connection, row: dict[str, Any]) -> None:
-    """Register a trained model (stage `candidate`); re-registering the same id updates its metrics."""
-    conn.execute(
-        """
-        INSERT INTO models (model_id, kind, objective, path, features, config, data_hashes, metrics)
-        VALUES (%(model_id)s, %(kind)s, %(objective)s, %(path)s, %(features)s, %(config)s,
-                %(data_hashes)s, %(metrics)s)
-        ON CONFLICT (model_id) DO UPDATE SET metrics = EXCLUDED.metrics, path = EXCLUDED.path
-        """,
-        {
-            **{k: row[k] for k in ("model_id", "kind", "objective", "path")},
-            **{k: Jsonb(row[k]) for k in ("features", "config", "data_hashes", "metrics")},
-        },
+MODEL_STAGES = ("candidate", "production")
+_MODEL_COLUMNS = (
+    "model_id, name, kind, objective, stage, path, features, feature_versions, config, data_hashes,"
+    " metrics, fold_summary, code_version, created_at, promoted_at"
+)
+_UPSERT_MODEL = f"""
+    INSERT INTO models (model_id, name, kind, objective, path, features, feature_versions, config,
+                        data_hashes, metrics, fold_summary, code_version, created_at)
+    VALUES (%(model_id)s, %(name)s, %(kind)s, %(objective)s, %(path)s, %(features)s,
+            %(feature_versions)s, %(config)s, %(data_hashes)s, %(metrics)s, %(fold_summary)s,
+            %(code_version)s, coalesce(%(created_at)s, now()))
+    ON CONFLICT (model_id) DO UPDATE SET
+        name = EXCLUDED.name, kind = EXCLUDED.kind, objective = EXCLUDED.objective, path = EXCLUDED.path,
+        features = EXCLUDED.features, feature_versions = EXCLUDED.feature_versions,
+        config = EXCLUDED.config, data_hashes = EXCLUDED.data_hashes, metrics = EXCLUDED.metrics,
+        fold_summary = EXCLUDED.fold_summary, code_version = EXCLUDED.code_version
+    RETURNING {_MODEL_COLUMNS}
+"""
+
+
+def upsert_model(conn: psycopg.Connection, row: dict[str, Any]) -> dict[str, Any]:
+    """Register a trained model; a new one is `candidate`. Re-registering the same id refreshes what
+    was recorded about it but keeps its stage and first registration time. Returns the stored row.
+
+    `name` (the job name) defaults to the config's `name`, else the model id, as migration 0004 did
+    for older rows; `feature_versions`, `fold_summary`, `code_version` and `created_at` are optional.
+    """
+    fold_summary = row.get("fold_summary")
+    params = {
+        **{k: row[k] for k in ("model_id", "kind", "objective", "path")},
+        **{k: Jsonb(row[k]) for k in ("features", "config", "data_hashes", "metrics")},
+        "name": row.get("name") or (row["config"] or {}).get("name") or row["model_id"],
+        "feature_versions": Jsonb(row.get("feature_versions") or {}),
+        "fold_summary": None if fold_summary is None else Jsonb(fold_summary),
+        "code_version": row.get("code_version"),
+        "created_at": row.get("created_at"),
+    }
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(_UPSERT_MODEL, params)
+        return cur.fetchone()
+
+
+def _model_rows(conn: psycopg.Connection, where: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT {_MODEL_COLUMNS} FROM models {where} ORDER BY created_at DESC, model_id", params)
+        return cur.fetchall()
+
+
+def select_models(
+    conn: psycopg.Connection, name: str | None = None, stage: str | None = None
+) -> list[dict[str, Any]]:
+    """Model rows, newest first, optionally only those of one name and/or one stage."""
+    return _model_rows(
+        conn,
+        "WHERE (%(name)s::text IS NULL OR name = %(name)s) AND (%(stage)s::text IS NULL OR stage = %(stage)s)",
+        {"name": name, "stage": stage},
     )
+
+
+def select_model(conn: psycopg.Connection, model_id: str) -> dict[str, Any] | None:
+    """The row of one model, or None when no model has that id."""
+    rows = _model_rows(conn, "WHERE model_id = %(model_id)s", {"model_id": model_id})
+    return rows[0] if rows else None
+
+
+def promote_model(conn: psycopg.Connection, model_id: str) -> dict[str, Any] | None:
+    """Make `model_id` the production model of its name and demote the previous one to candidate, in
+    one transaction. Returns {model_id, name, promoted_at, demoted: [ids], changed}, or None when no
+    model has that id. Promoting the production model again changes nothing (changed = False)."""
+    with conn.transaction():
+        found = conn.execute("SELECT name FROM models WHERE model_id = %s", (model_id,)).fetchone()
+        if found is None:
+            return None
+        name = found[0]
+        # Serializes promotions of one name: two at once would each demote "the other" and then
+        # collide on the one-production-per-name index.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 4))", (name,))
+        stage, promoted_at = conn.execute(
+            "SELECT stage, promoted_at FROM models WHERE model_id = %s", (model_id,)
+        ).fetchone()
+        out = {
+            "model_id": model_id,
+            "name": name,
+            "promoted_at": promoted_at,
+            "demoted": [],
+            "changed": False,
+        }
+        if stage == "production":
+            return out
+        demoted = conn.execute(
+            "UPDATE models SET stage = 'candidate' WHERE name = %s AND stage = 'production' RETURNING model_id",
+            (name,),
+        ).fetchall()
+        (promoted_at,) = conn.execute(
+            "UPDATE models SET stage = 'production', promoted_at = now() WHERE model_id = %s"
+            " RETURNING promoted_at",
+            (model_id,),
+        ).fetchone()
+    return {**out, "promoted_at": promoted_at, "demoted": [r[0] for r in demoted], "changed": True}
 
 
 def record_run(conn: psycopg.Connection, row: dict[str, Any]) -> None:

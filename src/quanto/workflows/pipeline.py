@@ -6,11 +6,12 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from quanto.contracts import (
         PIPELINE_STAGES,
+        QUEUE_CONTROL,
         QUEUE_IO,
         PipelineRequest,
         PipelineResult,
@@ -20,6 +21,11 @@ with workflow.unsafe.imports_passed_through():
     )
     from quanto.workflows import search
     from quanto.workflows.retry import activity_retry
+    from quanto.workflows.training import TrainingWorkflow
+
+# The stage that runs as TrainingWorkflow rather than as one activity.
+TRAINING_STAGE = "walk_forward"
+TRAINING_CHILD_PATCH = "walk-forward-as-training-child"
 
 
 @workflow.defn(name="ResearchPipelineWorkflow")
@@ -49,31 +55,43 @@ class ResearchPipelineWorkflow:
             workflow.upsert_search_attributes([search.STAGE.value_set(spec.name)])
             status.status = "running"
             started = workflow.now()
+            stage_req = StageRequest(
+                stage=spec.name,
+                config=req.config,
+                config_source=req.config_source,
+                inputs={n: results[n] for n in spec.needs},
+                workflow_id=info.workflow_id,
+                run_id=info.run_id,
+            )
             try:
-                result = await workflow.execute_activity(
-                    spec.activity,
-                    StageRequest(
-                        stage=spec.name,
-                        config=req.config,
-                        config_source=req.config_source,
-                        inputs={n: results[n] for n in spec.needs},
-                        workflow_id=info.workflow_id,
-                        run_id=info.run_id,
-                    ),
-                    task_queue=spec.queue,
-                    start_to_close_timeout=timedelta(seconds=runtime["stage_timeout_s"]),
-                    heartbeat_timeout=timedelta(seconds=runtime["heartbeat_timeout_s"]),
-                    retry_policy=retry,
-                    result_type=StageResult,
-                )
-            except ActivityError as err:
+                # One activity per fold, in a child workflow. Runs started before that change (no
+                # patch marker in their history) finish as they began: the stage as one activity.
+                if spec.name == TRAINING_STAGE and workflow.patched(TRAINING_CHILD_PATCH):
+                    result = await workflow.execute_child_workflow(
+                        TrainingWorkflow.run,
+                        stage_req,
+                        id=f"{info.workflow_id}-training-{info.run_id}",  # run ids are UUIDv7: a prefix repeats
+                        task_queue=QUEUE_CONTROL,
+                        result_type=StageResult,
+                    )
+                else:
+                    result = await workflow.execute_activity(
+                        spec.activity,
+                        stage_req,
+                        task_queue=spec.queue,
+                        start_to_close_timeout=timedelta(seconds=runtime["stage_timeout_s"]),
+                        heartbeat_timeout=timedelta(seconds=runtime["heartbeat_timeout_s"]),
+                        retry_policy=retry,
+                        result_type=StageResult,
+                    )
+            except (ActivityError, ChildWorkflowError) as err:
                 status.status = "failed"
                 workflow.upsert_search_attributes([search.STAGE.value_set(f"failed:{spec.name}")])
                 try:
                     await self._record(req, "failed", {})
                 except ActivityError:
                     workflow.logger.warning("could not record the failed run; the stage error follows")
-                cause = err.cause if isinstance(err.cause, ApplicationError) else err
+                cause = _root_cause(err)
                 raise ApplicationError(
                     f"stage {spec.name} failed: {cause.message if isinstance(cause, ApplicationError) else cause}",
                     type="StageFailed",
@@ -119,3 +137,12 @@ class ResearchPipelineWorkflow:
             # An idempotent upsert: keep trying while the database is away rather than fail a finished run.
             retry_policy=RetryPolicy(maximum_attempts=0, maximum_interval=timedelta(seconds=60)),
         )
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The application error behind an activity or child-workflow failure (the child's own activity
+    error nests one level deeper), else `err` itself."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, ApplicationError):
+        cause = cause.__cause__ if cause.__cause__ is not None else getattr(cause, "cause", None)
+    return cause or err
