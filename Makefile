@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# CPU build of PyTorch is not needed by the spine; nothing here pulls a CUDA build.
+	# torch is pinned to 2.13.0, whose CPU build the package index serves here; xgboost comes as xgboost-cpu.
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 

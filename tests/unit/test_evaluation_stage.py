@@ -178,3 +178,55 @@ def test_summarize_counts_search_trials_and_their_sharpe_spread(tmp_path):
     assert s["leaderboards"] == [{"index": 0, "rows": [{"family": "linear"}]}]
     assert summarize(cfg, folds, outcomes, n_trials=200).summary["statistics"]["n_trials"] == 200
     assert np.isfinite(s["statistics"]["dsr"])
+
+
+class Killed(Exception):
+    """Stands in for a worker killed mid-fold."""
+
+
+def test_an_interrupted_torch_fold_resumes_from_its_last_epoch(tmp_path):
+    """The walk-forward's fold step (what TrainingWorkflow's `training.fold` activity runs) keeps each
+    epoch's checkpoint in the lake: a retry after a kill continues at the next epoch and predicts
+    exactly what an uninterrupted fold predicts."""
+    from quanto.evaluation.training import plan_training, train_fold
+
+    lstm = {
+        "kind": "lstm",
+        "params": {"lookback": 3, "hidden": [4], "epochs": 4, "batch_size": 32, "patience": 4},
+    }
+    data = panel(n_bars=90, seed=3)
+
+    def run(lake_dir, kill_after: int | None):
+        ctx = StageContext(lake=Lake(lake_dir), record=False)
+        req = request(ctx, data, WINDOWS, canary=False)
+        req = req.model_copy(update={"config": {**req.config, "model": {**req.config["model"], **lstm}}})
+        plan = plan_training(req, ctx)
+        epochs: list[int] = []
+
+        def progress(done: int, total: int, note: str = "") -> None:
+            epochs.append(done)
+            if kill_after is not None and len(epochs) == kill_after:
+                raise Killed
+
+        ctx.progress = progress
+        return ctx, req, plan, epochs
+
+    ctx, req, plan, epochs = run(tmp_path / "killed", kill_after=2)
+    with pytest.raises(Killed):
+        train_fold(req, plan.key, plan.folds[0], ctx)
+    assert epochs == [1, 2]
+    resumed: list[int] = []
+    ctx.progress = lambda done, total, note="": resumed.append(done)
+    result = train_fold(req, plan.key, plan.folds[0], ctx)
+    assert resumed == [3, 4] and not result.reused  # epochs 1-2 came from the checkpoint
+
+    clean_ctx, clean_req, clean_plan, clean_epochs = run(tmp_path / "clean", kill_after=None)
+    clean = train_fold(clean_req, clean_plan.key, clean_plan.folds[0], clean_ctx)
+    assert clean_epochs == [1, 2, 3, 4]
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(ctx.lake.abspath(result.predictions.path)),
+        pd.read_parquet(clean_ctx.lake.abspath(clean.predictions.path)),
+        check_exact=True,
+    )
+    again = train_fold(req, plan.key, plan.folds[0], ctx)  # a finished fold is reused, not retrained
+    assert again.reused and again.predictions == result.predictions

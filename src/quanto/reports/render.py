@@ -33,8 +33,11 @@ FORMATS = ("html", "pdf")
 OUTPUT_NAMES = {"html": "report.html", "pdf": "report.pdf"}
 EQUITY_COLUMNS = ("ts", "equity", "benchmark", "drawdown", "benchmark_drawdown")
 TOP_FEATURES = 20
+TOP_TRIALS = 10  # leaderboard rows of the last searched fold
 MISSING = "—"
 EXAMPLE_MAX_CHARS = 90
+PARAMS_MAX_CHARS = 90
+SIGNIFICANT = 0.95  # a PSR or DSR at or above it is shown as significant
 
 # Strategy metrics, in display order: key -> (label, kind). The kind picks the formatter.
 METRICS: dict[str, tuple[str, str]] = {
@@ -63,6 +66,9 @@ CARDS: tuple[tuple[str, str], ...] = (
 )
 # Cards whose value is coloured by sign (a positive Sharpe is good news; a drawdown is always ≤ 0).
 SIGNED_CARDS = frozenset({"total_return", "annual_return", "sharpe", "sortino"})
+# The walk-forward's out-of-sample metrics (quanto.evaluation.metrics.METRIC_KEYS) in display order,
+# with the direction that is better: +1 higher, -1 lower, 0 neither (a row count).
+OOS_METRICS: dict[str, int] = {"n": 0, "mse": -1, "accuracy": 1, "auc": 1, "ic": 1, "rank_ic": 1, "sharpe": 1}
 
 # Keys that may appear in fold rows (or anywhere else) beyond the strategy metrics.
 _EXTRA_KINDS: dict[str, str] = {
@@ -74,9 +80,20 @@ _EXTRA_KINDS: dict[str, str] = {
     "recall": "pct",
     "calmar": "ratio",
     "ic_ir": "ratio",
+    # Squared errors of returns are tiny (0.000412): significant digits, not fixed decimals.
+    "mse": "sig",
+    "mae": "sig",
+    "rmse": "sig",
+    "z_ic": "ratio",
+    "z_accuracy": "ratio",
 }
 _LABELS: dict[str, str] = {
     "fold": "Fold",
+    "index": "Fold",
+    "path": "Path",
+    "n": "Scored rows",
+    "n_valid": "Valid rows",
+    "n_trials": "Trials",
     "train_start": "Train start",
     "train_end": "Train end",
     "test_start": "Test start",
@@ -96,6 +113,13 @@ _LABELS: dict[str, str] = {
     "accepted": "Accepted",
     "quarantined": "Quarantined",
     "duplicates_dropped": "Duplicates dropped",
+    "buy_and_hold": "Buy and hold",
+    "majority": "Majority",
+    "prev_return_sign": "Previous-return sign",
+    "bars": "Test bars",
+    "z_ic": "z (rank IC)",
+    "z_accuracy": "z (accuracy)",
+    "sharpe_per_period": "Sharpe (per period)",
     **{key: label for key, (label, _) in METRICS.items()},
 }
 _DATE_KEY = re.compile(r"(^|_)(start|end|date|ts|time)$")
@@ -108,6 +132,14 @@ class ReportData:
     `equity` has columns ts (UTC), equity, benchmark, drawdown, benchmark_drawdown (drawdowns as
     fractions ≤ 0). Metric dicts use the keys of `METRICS`; missing or None values show as "—".
     Folds are rendered with whatever keys they carry (dates, row counts, metric columns such as ic).
+
+    The honest evaluation comes from the walk-forward stage's summary (`quanto.evaluation.stage.
+    summarize`): `oos_metrics` (the stitched out-of-sample metrics) and `baselines` ({name: metrics}
+    on the same rows), `stitched` (what that series is), `prev_return_source`, `statistics` (PSR/DSR,
+    `sharpe_statistics`), `canary` (the verdict, None when evaluation.canary was off), `leaderboards`
+    ([{index, rows}] of the folds that searched) and cpcv's `paths` ([{path, **metrics}]); `model` is
+    the train stage's summary (model_id, family, n_trials, note). Each section is left out when its
+    data is (older summaries have none of it), except the canary, which says when it was off.
     """
 
     title: str
@@ -122,6 +154,15 @@ class ReportData:
     quality: dict[str, Any] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)
     log_scale: bool = False
+    oos_metrics: dict[str, Any] = field(default_factory=dict)
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stitched: str = ""
+    prev_return_source: str | None = None
+    statistics: dict[str, Any] = field(default_factory=dict)
+    canary: dict[str, Any] | None = None
+    leaderboards: list[dict[str, Any]] = field(default_factory=list)
+    paths: list[dict[str, Any]] = field(default_factory=list)
+    model: dict[str, Any] = field(default_factory=dict)
 
 
 # --- formatting ---------------------------------------------------------------------------------
@@ -175,6 +216,15 @@ def format_float(value: float | None, decimals: int = 4) -> str:
     return format_ratio(value, decimals)
 
 
+def format_significant(value: float | None, digits: int = 4) -> str:
+    """A value whose scale varies (squared errors of returns, p-values) to `digits` significant
+    digits: 0.00041234 -> "0.0004123", 2.25e-28 -> "2.3e-28" (digits=2); None/NaN -> "—"."""
+    if _is_missing(value):
+        return MISSING
+    v = float(value)
+    return _infinite(v) or _clean_negative_zero(f"{v:.{digits}g}")
+
+
 def _utc(value: object) -> pd.Timestamp | None:
     """A date, timestamp or ISO string as a naive UTC timestamp; None when missing or not a date."""
     if _is_missing(value):
@@ -221,10 +271,12 @@ def show_time_of_day(bar_ts: Iterable[object], other_ts: Iterable[object] = ()) 
 
 
 def format_duration(seconds: float | None) -> str:
-    """Elapsed time for humans: 4.2 -> "4.2 s", 125 -> "2m 05s", 3720 -> "1h 02m"."""
+    """Elapsed time for humans: 0.0123 -> "12 ms", 4.2 -> "4.2 s", 125 -> "2m 05s", 3720 -> "1h 02m"."""
     if _is_missing(seconds):
         return MISSING
     s = float(seconds)
+    if s < 0.9995:  # a quick fit (a linear model) in milliseconds, not "0.0 s"
+        return f"{s * 1000:.0f} ms"
     if s < 60:
         return f"{s:.1f} s"
     if s < 3600:
@@ -235,7 +287,8 @@ def format_duration(seconds: float | None) -> str:
 
 
 def value_kind(key: str, value: object = None) -> str:
-    """How a keyed value is formatted: "pct", "ratio", "int", "float", "date", "bool" or "text"."""
+    """How a keyed value is formatted: "pct", "ratio", "int", "float", "sig" (significant digits),
+    "date", "bool" or "text"."""
     if key in METRICS:
         return METRICS[key][1]
     if key in _EXTRA_KINDS:
@@ -270,6 +323,8 @@ def format_value(key: str, value: object, with_time: bool | None = None) -> str:
         return format_int(value)
     if kind == "float":
         return format_float(value)
+    if kind == "sig":
+        return format_significant(value)
     if kind == "date":
         return format_timestamp(value, with_time)
     if kind == "bool":
@@ -295,7 +350,16 @@ def label_for(key: str) -> str:
 
 
 def _numeric(kind: str) -> bool:
-    return kind in {"pct", "ratio", "int", "float"}
+    return kind in {"pct", "ratio", "int", "float", "sig"}
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text[: limit - 1] + "…" if len(text) > limit else text
+
+
+def _plural(n: object, word: str) -> str:
+    """A count and its noun: "1 trial", "12 trials", "— trials" (the count by `format_int`)."""
+    return f"{format_int(n)} {word}{'' if n == 1 else 's'}"
 
 
 def _tone(value: object) -> str:
@@ -327,9 +391,15 @@ def _cards(metrics: Mapping[str, Any], benchmark: Mapping[str, Any]) -> list[dic
     return cards
 
 
+def _metric_keys(known: Iterable[str], dicts: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The `known` metrics present in any of `dicts` in their fixed order, then anything else supplied."""
+    known = list(known)
+    present = _ordered_keys(dicts)
+    return [k for k in known if k in present] + [k for k in present if k not in known]
+
+
 def _metric_rows(metrics: Mapping[str, Any], benchmark: Mapping[str, Any]) -> list[dict[str, str]]:
-    # Known metrics in their fixed order, then anything else the caller supplied.
-    keys = list(METRICS) + [k for k in _ordered_keys([metrics, benchmark]) if k not in METRICS]
+    keys = _metric_keys(METRICS, [metrics, benchmark])
     return [
         {
             "label": label_for(key),
@@ -337,7 +407,6 @@ def _metric_rows(metrics: Mapping[str, Any], benchmark: Mapping[str, Any]) -> li
             "benchmark": format_value(key, benchmark.get(key)),
         }
         for key in keys
-        if key in metrics or key in benchmark
     ]
 
 
@@ -356,14 +425,20 @@ def _fold_dates(folds: Sequence[Mapping[str, Any]]) -> list[object]:
     return [r.get(k) for r in folds for k, kind in kinds.items() if kind == "date"]
 
 
+def _column(label: str, numeric: bool = False, cls: str = "") -> dict[str, Any]:
+    """A table column for the template's `data_table`: its header, and the class of its cells."""
+    return {"label": label, "numeric": numeric, "cls": "num" if numeric else cls}
+
+
 def _fold_table(folds: Sequence[Mapping[str, Any]], with_time: bool | None = None) -> dict[str, Any]:
+    """Rows of keyed values (folds, canary folds, cpcv paths) as a table, with mean and std rows."""
     kinds = _fold_kinds(folds)
     keys = list(kinds)
-    columns = [{"key": k, "label": label_for(k), "numeric": _numeric(kinds[k])} for k in keys]
+    columns = [_column(label_for(k), _numeric(kinds[k])) for k in keys]
     rows = [[format_value(k, row.get(k), with_time) for k in keys] for row in folds]
     # Mean and standard deviation across folds for the metric columns: how stable is the signal?
     summary: list[dict[str, Any]] = []
-    stat_keys = [k for k in keys if kinds[k] in {"pct", "ratio", "float"}]
+    stat_keys = [k for k in keys if kinds[k] in {"pct", "ratio", "float", "sig"}]
     if len(folds) >= 2 and stat_keys:
         for name, fn in (("Mean", statistics.fmean), ("Std", statistics.stdev)):
             cells = []
@@ -432,9 +507,7 @@ def _quality(quality: Mapping[str, Any]) -> dict[str, Any] | None:
     )
     rules = []
     for r in by_rule:
-        example = "" if r.get("example") is None else str(r["example"])
-        if len(example) > EXAMPLE_MAX_CHARS:
-            example = example[: EXAMPLE_MAX_CHARS - 1] + "…"
+        example = _truncate("" if r.get("example") is None else str(r["example"]), EXAMPLE_MAX_CHARS)
         rules.append(
             {
                 "rule": str(r.get("rule", MISSING)),
@@ -467,6 +540,225 @@ def _stages(stages: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         )
     secs = [float(s["seconds"]) for s in stages if not _is_missing(s.get("seconds"))]
     return {"rows": rows, "total": format_duration(sum(secs)) if secs else MISSING}
+
+
+def _beats(key: str, model: object, baselines: Iterable[object]) -> bool | None:
+    """Whether the model's value is strictly better than every baseline's under `key`'s direction;
+    None when the metric has no direction or there is nothing to compare."""
+    direction = OOS_METRICS.get(key, 0)
+    others = [float(v) for v in baselines if not _is_missing(v)]
+    if not direction or _is_missing(model) or not others:
+        return None
+    return all(direction * (float(model) - v) > 0 for v in others)
+
+
+def _evaluation(data: ReportData) -> dict[str, Any] | None:
+    """The stitched out-of-sample metrics next to each baseline's, and cpcv's per-path table."""
+    if not data.oos_metrics and not data.paths:
+        return None
+    names = list(data.baselines)
+    dicts = [data.oos_metrics, *data.baselines.values()]
+    rows, wins, compared = [], [], 0
+    for key in _metric_keys(OOS_METRICS, dicts):
+        values = [d.get(key) for d in dicts]
+        if all(_is_missing(v) for v in values):  # no AUC for a regression: a row of "—" only takes room
+            continue
+        beats = _beats(key, data.oos_metrics.get(key), values[1:])
+        compared += beats is not None
+        if beats:
+            wins.append(label_for(key))
+        rows.append(
+            {
+                "label": label_for(key),
+                "model": format_value(key, values[0]),
+                "baselines": [format_value(key, v) for v in values[1:]],
+                "beats": "" if beats is None else "yes" if beats else "no",
+                "tone": "" if beats is None else "ok" if beats else "bad",
+            }
+        )
+    verdict = ""
+    if compared:
+        which = f": {', '.join(wins)}" if wins else ""
+        verdict = f"The model beats every baseline on {len(wins)} of {compared} metrics{which}."
+    notes = []
+    if data.prev_return_source and "prev_return_sign" in data.baselines:
+        notes.append(f"{label_for('prev_return_sign')} from {data.prev_return_source}.")
+    return {
+        "caption": f"stitched: {data.stitched}" if data.stitched else "",
+        "baselines": [label_for(n) for n in names],
+        "rows": rows,
+        "verdict": verdict,
+        "notes": notes,
+        "paths": _fold_table(data.paths) if data.paths else None,
+    }
+
+
+def _sharpe_tests(statistics: Mapping[str, Any]) -> list[dict[str, str]]:
+    """PSR and DSR, each with its value and what it means in one line."""
+    trials = statistics.get("n_trials")
+    threshold = statistics.get("sharpe_threshold")
+    spread = (
+        "the trials' Sharpe spread"
+        if statistics.get("trial_sharpe_var_source") == "trials"
+        else "the estimate's sampling error"
+    )
+    tests = (
+        (
+            "Probabilistic Sharpe ratio (PSR)",
+            statistics.get("psr"),
+            f"Probability that the true Sharpe ratio is above 0, given the observed"
+            f" {format_ratio(statistics.get('sharpe'))} (annualized) over {_plural(statistics.get('n'), 'period')}"
+            " and their skew and kurtosis.",
+        ),
+        (
+            "Deflated Sharpe ratio (DSR)",
+            statistics.get("dsr"),
+            f"The same probability against the Sharpe ratio the best of {_plural(trials, 'trial')} would"
+            f" reach by luck alone ({format_float(threshold)} per period, from {spread});"
+            f" {format_percent(SIGNIFICANT, 0)} or more survives the search.",
+        ),
+    )
+    return [
+        {
+            "label": label,
+            "value": format_percent(value, 1),
+            "tone": "" if _is_missing(value) else "pos" if value >= SIGNIFICANT else "neg",
+            "meaning": meaning,
+        }
+        for label, value, meaning in tests
+    ]
+
+
+def _canary(canary: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The label-permutation canary's verdict: state (off, clean, leaking, undetermined), a title,
+    one line with its statistics, and its per-fold numbers."""
+    if canary is None:
+        return {
+            "state": "off",
+            "title": "Not run.",
+            "text": "The canary is off (evaluation.canary: false): no model was retrained on shuffled"
+            " labels, so this run was not checked for leakage.",
+            "folds": None,
+        }
+    parts = []
+    for name, test in (("rank IC", canary.get("ic")), ("accuracy", canary.get("accuracy"))):
+        if test and test.get("df"):
+            parts.append(
+                f"{name} χ² {format_ratio(test.get('chi2'), 1)} on {_plural(test['df'], 'fold')},"
+                f" p = {format_significant(test.get('p_value'), 2)}"
+            )
+    alpha = canary.get("alpha")
+    numbers = "; ".join(parts)
+    if alpha is not None:
+        numbers += f"; a leak when p < α = {format_significant(alpha, 2)}"
+    if canary.get("max_abs_rank_ic") is not None:
+        numbers += f"; max |rank IC| {format_ratio(canary['max_abs_rank_ic'], 3)}"
+    leaking = canary.get("leaking")
+    if leaking is True:
+        state, title = "leaking", "LEAKING"
+        text = (
+            f"A model trained on shuffled labels kept out-of-sample skill: {numbers}. Look for a feature"
+            " that nearly determines the label, or a model that sees the labels."
+        )
+    elif leaking is False:
+        state, title = "clean", "Clean"
+        text = f"A model trained on shuffled labels shows no skill beyond chance: {numbers}."
+    else:
+        state, title = "undetermined", "Undetermined"
+        text = str(canary.get("message") or "no fold could be tested.")
+    per_fold = canary.get("per_fold") or []
+    return {
+        "state": state,
+        "title": title,
+        "text": text,
+        "folds": _fold_table(per_fold) if per_fold else None,
+    }
+
+
+def _reality(data: ReportData) -> dict[str, Any] | None:
+    """The "Is it real?" section: PSR and DSR of the stitched signal, and the canary's verdict."""
+    if not data.statistics and data.canary is None:
+        return None  # a summary from before the honest evaluation: nothing to say either way
+    return {
+        "tests": _sharpe_tests(data.statistics) if data.statistics else [],
+        "canary": _canary(data.canary),
+    }
+
+
+def _format_param(value: object) -> str:
+    if isinstance(value, float):
+        return format_significant(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_format_param(v) for v in value) + "]"
+    return str(value)
+
+
+def format_params(params: Mapping[str, Any] | None) -> str:
+    """A candidate's parameters on one line: {"num_leaves": 31, "learning_rate": 0.0512345} ->
+    "num_leaves=31, learning_rate=0.05123" (cut at PARAMS_MAX_CHARS)."""
+    text = ", ".join(f"{k}={_format_param(v)}" for k, v in (params or {}).items())
+    return _truncate(text, PARAMS_MAX_CHARS) or MISSING
+
+
+def _search(data: ReportData) -> dict[str, Any] | None:
+    """The last searched fold's leaderboard (top rows) and the trial counts."""
+    if not data.leaderboards:
+        return None
+    last = data.leaderboards[-1]
+    board = list(last.get("rows") or [])
+    top = board[:TOP_TRIALS]
+    metric = next((r["metric"] for r in top if r.get("metric")), None)
+    # A search scores Sharpe ratios per period (not annualized): they get a label and decimals of their own.
+    score_key = "sharpe_per_period" if metric == "sharpe" else metric or "score"
+    # Optional columns: a search's trial states when some were pruned or failed, an ensemble's weights.
+    states = any(r.get("state") not in (None, "complete") for r in top)
+    weights = any("weight" in r for r in top)
+    timed = any("fit_s" in r for r in top)
+    columns = [
+        _column("#", numeric=True),
+        _column("Family"),
+        _column("Params", cls="mono"),
+        _column(f"Validation {label_for(score_key)}", numeric=True),
+        _column(label_for("sharpe_per_period"), numeric=True),
+    ]
+    columns += [_column("Weight", numeric=True)] if weights else []
+    columns += [_column("Fit time", numeric=True)] if timed else []
+    columns += [_column("State")] if states else []
+    rows = []
+    for i, r in enumerate(top, start=1):
+        cells = [
+            str(i),
+            str(r.get("family") or MISSING),
+            format_params(r.get("params")),
+            format_value(score_key, r.get("score")),
+            format_value("sharpe_per_period", r.get("sharpe")),
+        ]
+        cells += [format_percent(r.get("weight"), 1)] if weights else []
+        cells += [format_duration(r.get("fit_s"))] if timed else []
+        cells += [str(r.get("state") or MISSING)] if states else []
+        rows.append(cells)
+    index = last.get("index")
+    fold_trials = next((f.get("n_trials") for f in data.folds if f.get("index") == index), None)
+    total = data.statistics.get("n_trials")
+    if total is None:
+        total = sum(int(f.get("n_trials") or 1) for f in data.folds) or None
+    searched_note = f" ({_plural(fold_trials, 'trial')})" if fold_trials is not None else ""
+    lines = [
+        f"Fold {format_int(index)}, the last of {_plural(len(data.leaderboards), 'fold')} that searched"
+        f"{searched_note}: its best {_plural(len(top), 'candidate')}."
+    ]
+    if total is not None:
+        lines.append(
+            f"{_plural(total, 'trial')} in all folds; the deflated Sharpe ratio counts every one of them."
+        )
+    m = data.model
+    if m.get("family"):
+        name = f" {m['model_id']}" if m.get("model_id") else ""
+        searched = isinstance(m.get("n_trials"), Integral) and m["n_trials"] > 1
+        trials = f", {_plural(m['n_trials'], 'trial')} on the full training window" if searched else ""
+        note = f" ({m['note']})" if m.get("note") else ""  # why its fit fell back, e.g. one class
+        lines.append(f"Final model{name}: {m['family']}{trials}{note}.")
+    return {"table": {"columns": columns, "rows": rows, "summary": []}, "lines": lines}
 
 
 def _check_equity(equity: pd.DataFrame) -> pd.DataFrame:
@@ -531,6 +823,9 @@ def _context(data: ReportData, equity: pd.DataFrame, drawn: _Charts, print_mode:
         },
         "quality": _quality(data.quality),
         "stages": _stages(data.stages),
+        "evaluation": _evaluation(data),
+        "reality": _reality(data),
+        "search": _search(data),
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from quanto.config.models import PipelineConfig
 from quanto.contracts import FileRef, StageRequest, StageResult
@@ -25,6 +26,26 @@ def config_summary(cfg: PipelineConfig) -> dict[str, str]:
         f" embargo {wf.embargo_bars}",
         "Positions": f"{bt.mode.replace('_', '/')}, fill at next bar's open",
         "Costs": f"commission {bt.commission_bps:g} bps + slippage {bt.slippage_bps:g} bps per side",
+    }
+
+
+# What the report shows of the train stage's summary (the final model, next to the search).
+MODEL_KEYS = ("model_id", "family", "n_trials", "note")
+
+
+def evaluation_fields(walk_forward: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+    """The `ReportData` fields of the honest evaluation, from the walk-forward and train stages'
+    summaries; a summary written before a field existed leaves its default (its section is omitted)."""
+    return {
+        "oos_metrics": walk_forward.get("metrics") or {},
+        "baselines": walk_forward.get("baselines") or {},
+        "stitched": walk_forward.get("stitched") or "",
+        "prev_return_source": walk_forward.get("prev_return_source"),
+        "statistics": walk_forward.get("statistics") or {},
+        "canary": walk_forward.get("canary"),
+        "leaderboards": walk_forward.get("leaderboards") or [],
+        "paths": walk_forward.get("paths") or [],
+        "model": {k: train[k] for k in MODEL_KEYS if k in train},
     }
 
 
@@ -56,6 +77,7 @@ def run_report(req: StageRequest, ctx: StageContext) -> StageResult:
             folds=wf.summary.get("folds", []),
             feature_importance=[tuple(x) for x in train.summary.get("feature_importance", [])],
             quality=validate.summary,
+            **evaluation_fields(wf.summary, train.summary),
         )
         paths = render_report(data, ctx.lake.abspath(run_folder(cfg)), cfg.report.formats)
         outputs = [
@@ -64,6 +86,10 @@ def run_report(req: StageRequest, ctx: StageContext) -> StageResult:
         ]
         return Materialized(outputs, counters={"files": len(outputs)})
 
-    # Upstream summaries (metrics, folds, quality) shape the report, so they are part of its key.
+    # Upstream summaries shape the report (metrics, folds, quality, and the honest evaluation: baselines,
+    # canary, PSR/DSR, leaderboards, cpcv paths, the final model), so they are part of its key. Each
+    # stage's key addresses its summary: the walk-forward's covers the model, walk_forward and
+    # evaluation config (canary on/off, leaderboard_rows) and its input files, and a key that exists
+    # is reused with the summary its manifest stored.
     key_cfg = {**stage_cfg, "upstream": [validate.key, train.key, wf.key, bt.key]}
     return materialize("report", ctx, inputs, key_cfg, compute)
