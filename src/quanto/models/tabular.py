@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numba
 import numpy as np
 import sklearn
 from scipy.special import expit
@@ -58,9 +59,8 @@ SKLEARN_VERSION = tuple(int(part) for part in re.findall(r"\d+", sklearn.__versi
 NATIVE_NAN_SINCE = {"random_forest": (1, 4), "extra_trees": (1, 6)}
 # LogisticRegression's `penalty` is deprecated from 1.8 on in favour of `l1_ratio`.
 LOGISTIC_L1_RATIO_SINCE = (1, 8)
-# (rows x trees) per chunk when a forest predicts: bounds the temporary arrays (~0.5 MiB each), which
-# then stay in cache.
-PREDICT_CELLS = 1 << 16
+# A forest grows in at most this many warm-start batches (progress after each).
+FOREST_BATCHES = 4
 
 
 class TabularModel(Model):
@@ -224,6 +224,27 @@ def fill_missing(X: np.ndarray, medians: np.ndarray) -> np.ndarray:
 # -- forests --------------------------------------------------------------------------------------
 
 
+@numba.njit(cache=True, nogil=True)
+def _walk_trees(
+    x, roots, left, right, feature, threshold, missing_left, value
+):  # pragma: no cover - compiled
+    """Each row down each tree to its leaf (a leaf points at itself); the mean of the leaf values,
+    summed in tree order so the result never depends on threads. Compiled: a forest of 300 trees of
+    depth 17 answers 100 rows in well under a millisecond, where a numpy walk took milliseconds."""
+    out = np.empty(x.shape[0], dtype=np.float64)
+    for i in range(x.shape[0]):
+        total = 0.0
+        for t in range(roots.shape[0]):
+            node = roots[t]
+            while left[node] != node:
+                v = x[i, feature[node]]
+                go_left = missing_left[node] if np.isnan(v) else v <= threshold[node]
+                node = left[node] if go_left else right[node]
+            total += value[node]
+        out[i] = total / roots.shape[0]
+    return out
+
+
 @dataclass
 class TreeEnsemble:
     """A fitted scikit-learn forest as flat node arrays, all trees' nodes end to end.
@@ -279,31 +300,13 @@ class TreeEnsemble:
             **{k: np.concatenate(v) for k, v in parts.items()},
         )
 
-    def __post_init__(self) -> None:
-        # Both children of node i at 2i (the "x > threshold" side) and 2i + 1 ("x <= threshold"), so
-        # one step down is a single gather at 2 * node + went_left.
-        self._children = np.stack([self.right, self.left], axis=1).ravel()
-
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The mean over trees of the leaf each row reaches: one float64 per row of `X`."""
-        out = np.empty(len(X), dtype=np.float64)
-        n_trees, n_features = len(self.roots), X.shape[1]
-        chunk = max(1, PREDICT_CELLS // n_trees)
-        for start in range(0, len(X), chunk):
-            # float32 like scikit-learn, whose thresholds are chosen between float32 feature values.
-            x = np.asarray(X[start : start + chunk], dtype=np.float32)
-            row_at = (np.arange(len(x), dtype=np.int64) * n_features)[:, None]
-            flat = x.ravel()
-            node = np.broadcast_to(self.roots, (len(x), n_trees)).copy()
-            for _ in range(self.depth):  # a leaf points at itself, so finished rows stay put
-                v = flat.take(row_at + self.feature.take(node))
-                went_left = v <= self.threshold.take(node)
-                missing = np.isnan(v)
-                if missing.any():
-                    went_left = np.where(missing, self.missing_left.take(node), went_left)
-                node = self._children.take(2 * node + went_left)
-            out[start : start + len(x)] = self.value.take(node).mean(axis=1)
-        return out
+        # float32 like scikit-learn, whose thresholds are chosen between float32 feature values.
+        x = np.ascontiguousarray(X, dtype=np.float32)
+        return _walk_trees(
+            x, self.roots, self.left, self.right, self.feature, self.threshold, self.missing_left, self.value
+        )
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays to save (with `depth` as a 0-d array)."""
@@ -362,9 +365,12 @@ class ForestModel(TabularModel):
         X = np.ascontiguousarray(X, dtype=np.float32)
         forest = self.estimator()
         total = self.params["n_estimators"]
+        # A few batches only: each warm-start fit repeats scikit-learn's setup and idles a thread at
+        # its end (10-tree batches made fits 2x slower); liveness comes from the worker's heartbeats.
+        step = max(PROGRESS_EVERY, -(-total // FOREST_BATCHES))
         grown = 0
         while grown < total:
-            grown = min(grown + PROGRESS_EVERY, total)
+            grown = min(grown + step, total)
             forest.set_params(n_estimators=grown).fit(X, y)
             if progress is not None:
                 progress({"step": grown, "of": total})
