@@ -162,6 +162,42 @@ class TrainingProgress(BaseModel):
     stage: str = "planning"  # planning | training | finalizing | done
 
 
+# --- Sweeps (SweepWorkflow) ------------------------------------------------------------------------
+
+
+class SweepRequest(BaseModel):
+    """Input of SweepWorkflow: the sweep job file (a research job plus its grid) as JSON."""
+
+    config: dict[str, Any]
+    config_source: str = ""
+    config_name: str = ""
+
+
+class SweepPointRequest(BaseModel):
+    """One grid point to backtest over the job's validated bars and out-of-sample predictions."""
+
+    config: dict[str, Any]
+    index: int
+    point: dict[str, Any]
+    bars_from: StageResult  # the validate stage: its bars (from its manifest when the result was slimmed)
+    predictions_from: StageResult  # the walk-forward stage: its out-of-sample predictions
+
+
+class SweepFinalizeRequest(BaseModel):
+    """Rank the points and measure the selection (PBO, DSR)."""
+
+    config: dict[str, Any]
+    points: list[dict[str, Any]]
+
+
+class SweepResult(BaseModel):
+    """Output of SweepWorkflow: the pipeline run that made the predictions and the sweep's summary."""
+
+    workflow_id: str
+    pipeline_workflow_id: str
+    summary: dict[str, Any] = Field(default_factory=dict)
+
+
 # --- Ingestion (IngestionWorkflow) ---------------------------------------------------------------------
 
 

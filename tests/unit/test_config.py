@@ -31,6 +31,12 @@ def test_shipped_configs_validate(path):
         ingest = load_config(IngestConfig, path)
         assert ingest.workflow_id(dt.date(2026, 1, 5)).startswith(f"ingest-{ingest.name}-")
         return
+    if path.name.startswith("sweep"):
+        from quanto.config.sweep import SweepJob
+
+        job = load_config(SweepJob, path)
+        assert job.workflow_id().startswith(f"sweep-{job.name}-") and len(job.points()) >= 2
+        return
     cfg = load_config(PipelineConfig, path)
     assert cfg.workflow_id().startswith(f"pipeline-{cfg.name}-")
 

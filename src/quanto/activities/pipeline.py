@@ -41,11 +41,17 @@ def stage_context(req: StageRequest) -> Iterator[tuple[StageRequest, StageContex
         resume=resume_details(),
     )
     timeout = info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else 30.0
-    with Heartbeat(ctx, interval=max(0.5, timeout / 4)):
-        try:
-            yield req, ctx
-        except (InputError, ValidationError) as err:
-            raise ApplicationError(str(err), type=type(err).__name__, non_retryable=True) from err
+    with Heartbeat(ctx, interval=max(0.5, timeout / 4)), bad_input_is_final():
+        yield req, ctx
+
+
+@contextmanager
+def bad_input_is_final() -> Iterator[None]:
+    """Bad input (config, data) raises a non-retryable ApplicationError: retrying cannot fix it."""
+    try:
+        yield
+    except (InputError, ValidationError) as err:
+        raise ApplicationError(str(err), type=type(err).__name__, non_retryable=True) from err
 
 
 def execute_stage(name: str, req: StageRequest) -> StageResult:

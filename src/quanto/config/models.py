@@ -827,18 +827,74 @@ class EvaluationConfig(Strict):
 
 
 class BacktestConfig(Strict):
-    """Positions from predictions; fills at the next bar's open; costs in basis points."""
+    """The portfolio simulation (quanto.backtest.portfolio): signals from predictions, fill timing, costs,
+    sizing, stops and limits. The defaults keep the original behaviour as far as one shared portfolio
+    allows: long/flat signals, 1/N of equity per symbol, fills at the next bar's open, 1 bp commission
+    + 2 bps slippage per side, fractional units, no stops, no leverage."""
 
-    mode: Literal["long_flat", "long_short"] = "long_flat"
+    mode: Literal["long_flat", "long_short"] = Field(
+        "long_flat", description="long_flat refuses short decisions; long_short allows them"
+    )
     entry_threshold: float = Field(
         0.0, description="regression: go long above it; classification: probability above 0.5 + it"
     )
-    commission_bps: float = Field(1.0, ge=0)
-    slippage_bps: float = Field(2.0, ge=0)
+    commission_bps: float = Field(1.0, ge=0, description="commission in basis points of each fill's notional")
+    slippage_bps: float = Field(
+        2.0, ge=0, description="fill price moved against the order by this many basis points"
+    )
     initial_capital: float = Field(1_000_000.0, gt=0)
     periods_per_year: float | None = Field(
         None, gt=0, description="annualization; defaults from the timeframe (252 days, 252*390 minutes)"
     )
+    fill: Literal["next_open", "next_close", "this_close"] = Field(
+        "next_open", description="where a decision made at a bar's close fills (quanto.backtest.fills)"
+    )
+    commission_per_share: float = Field(0.0, ge=0, description="currency per unit filled")
+    commission_per_order: float = Field(0.0, ge=0, description="currency per fill")
+    commission_min: float = Field(0.0, ge=0, description="minimum commission of one fill")
+    borrow_rate: float = Field(
+        0.0, ge=0, description="yearly borrow fee of shorts, a fraction of their value, accrued per bar"
+    )
+    sizing: Literal["fraction", "fixed_qty", "risk", "kelly", "vol_target"] = Field(
+        "fraction", description="how a signal is sized when it enters (quanto.backtest.sizing)"
+    )
+    fraction: float | None = Field(
+        None, gt=0, description="fraction of equity per position; default 1 / number of traded symbols"
+    )
+    fixed_qty: float | None = Field(None, gt=0, description="units per position for sizing fixed_qty")
+    risk_per_trade: float = Field(
+        0.01, gt=0, le=1, description="sizing risk: fraction of equity lost when the stop-loss is hit"
+    )
+    kelly_cap: float = Field(1.0, gt=0, description="sizing kelly: upper bound of the Kelly multiplier")
+    vol_target: float = Field(0.15, gt=0, description="sizing vol_target: annualized volatility per position")
+    sizing_window: int = Field(60, ge=2, description="trailing bar returns for kelly and vol_target")
+    fractional_units: bool = Field(
+        True, description="false: quantities are rounded toward zero to whole units"
+    )
+    drift_threshold: float = Field(
+        0.0, ge=0, description="target weights: trade when |weight - target| exceeds it"
+    )
+    stop_loss: float | None = Field(None, gt=0, lt=1, description="exit at entry * (1 - it) for a long")
+    take_profit: float | None = Field(None, gt=0, description="exit at entry * (1 + it) for a long")
+    trailing_stop: float | None = Field(
+        None, gt=0, lt=1, description="exit at the best price since entry * (1 - it) for a long"
+    )
+    max_leverage: float = Field(
+        1.0, gt=0, description="gross exposure / equity after a fill; larger orders are scaled down"
+    )
+    close_at_end: bool = Field(False, description="close open positions at each symbol's last bar close")
+    benchmark: str | None = Field(
+        None,
+        description="symbol bought and held as the benchmark; default equal weight of the traded symbols",
+    )
+
+    @model_validator(mode="after")
+    def _sizing_inputs(self) -> BacktestConfig:
+        if self.sizing == "fixed_qty" and self.fixed_qty is None:
+            raise ValueError("sizing 'fixed_qty' needs fixed_qty (units per position)")
+        if self.sizing == "risk" and self.stop_loss is None:
+            raise ValueError("sizing 'risk' needs stop_loss (the distance that is risked)")
+        return self
 
 
 class ReportConfig(Strict):

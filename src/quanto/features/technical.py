@@ -541,6 +541,10 @@ for _n in (20, 60):
         lookback=_n - 1,
         params={"window": _n},
         description=f"on-balance volume z-score over {_n} bars",
+        # Bounded in exact arithmetic, but OBV is a running sum: the further its level drifts from 0
+        # (a long history, or other symbols ahead in a batch), the more the z-score's cancellation
+        # loses; computed from the symbol's first bar, it matches a per-symbol TA-Lib run.
+        bounded=False,
     )(_obv_z)
     register(
         f"volume_z_{_n}",

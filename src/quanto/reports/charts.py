@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from collections.abc import Sequence
 
 import matplotlib
@@ -26,6 +27,15 @@ STRATEGY_COLOR = "#1f4e79"
 BENCHMARK_COLOR = "#8c96a3"
 DRAWDOWN_COLOR = "#c0392b"
 BAR_COLOR = "#2e6da4"
+NET_COLOR = "#d68a1a"
+VOLATILITY_COLOR = "#7a4fa3"
+WIN_COLOR = "#1e7d4f"  # the stylesheet's good-news green and bad-news red
+LOSS_COLOR = "#b23a2e"
+HALF_WIDTH = 4.5  # inches; two of these sit side by side where one time series chart spans the page
+HALF_HEIGHT = 3.0
+SQUARE_WIDTH = 3.6
+MIN_BINS, MAX_BINS = 10, 60
+_BAR_EDGES = {"edgecolor": "white", "linewidth": 0.4}  # a hairline between histogram bars
 _TEXT_COLOR = "#2b2f36"
 _GRID_COLOR = "#e3e6ea"
 
@@ -168,20 +178,196 @@ def _align_plot_areas(figs: Sequence[Figure]) -> None:
         fig.axes[0].set_position([left / w, box.y0, (right - left) / w, box.height])
 
 
-def _time_series_figures(equity: pd.DataFrame, log_scale: bool = False) -> tuple[Figure, Figure]:
-    """The equity and drawdown figures, over the same time range with aligned plot areas."""
+def _rolling_figure(x: np.ndarray, values: np.ndarray, ylabel: str, color: str, percent: bool) -> Figure:
+    """One rolling statistic over the equity frame's time range (NaN during its warm-up window)."""
+    fig = _new_figure(TIME_SERIES_WIDTH, 2.3)
+    ax = fig.add_subplot()
+    if not percent:
+        ax.axhline(0.0, color=BENCHMARK_COLOR, lw=0.8)  # where a rolling Sharpe turns from gain to loss
+    ax.plot(x, values, color=color, lw=1.2)
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+    if percent:
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+    ax.set_ylabel(ylabel)
+    _time_axis(ax, x)
+    return fig
+
+
+def _exposure_figure(x: np.ndarray, exposure: pd.DataFrame) -> Figure:
+    fig = _new_figure(TIME_SERIES_WIDTH, 2.5)
+    ax = fig.add_subplot()
+    gross = exposure["gross"].to_numpy(dtype=float)
+    net = exposure["net"].to_numpy(dtype=float)
+    ax.fill_between(x, gross, 0.0, color=STRATEGY_COLOR, alpha=0.12, lw=0, step="post")
+    g = ax.step(x, gross, where="post", color=STRATEGY_COLOR, lw=1.0, label="Gross")
+    n = ax.step(x, net, where="post", color=NET_COLOR, lw=1.1, label="Net")
+    ax.axhline(0.0, color=BENCHMARK_COLOR, lw=0.8)
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+    ax.set_ylabel("Share of equity")
+    _time_axis(ax, x)
+    _legend_above(ax, g + n, ["Gross", "Net"])
+    return fig
+
+
+def _time_series_figures(
+    equity: pd.DataFrame,
+    log_scale: bool = False,
+    rolling: pd.DataFrame | None = None,
+    exposure: pd.DataFrame | None = None,
+) -> dict[str, Figure]:
+    """Every chart over time, by name, over the same time range with aligned plot areas.
+
+    Always "equity" and "drawdown"; "rolling_sharpe" and "rolling_volatility" when `rolling` (columns
+    sharpe, volatility) and "exposure" when `exposure` (columns gross, net) are given, one row per
+    equity row.
+    """
     with matplotlib.rc_context(_STYLE):
-        figs = (_equity_figure(equity, log_scale), _drawdown_figure(equity))
+        figs = {"equity": _equity_figure(equity, log_scale), "drawdown": _drawdown_figure(equity)}
         if not equity.empty:
-            _align_plot_areas(figs)
+            x = _naive_utc(equity["ts"])
+            if rolling is not None:
+                figs["rolling_sharpe"] = _rolling_figure(
+                    x, rolling["sharpe"].to_numpy(dtype=float), "Sharpe ratio", STRATEGY_COLOR, False
+                )
+                figs["rolling_volatility"] = _rolling_figure(
+                    x, rolling["volatility"].to_numpy(dtype=float), "Volatility", VOLATILITY_COLOR, True
+                )
+            if exposure is not None:
+                figs["exposure"] = _exposure_figure(x, exposure)
+            _align_plot_areas(list(figs.values()))
     return figs
 
 
-def time_series_charts(equity: pd.DataFrame, log_scale: bool = False) -> tuple[str, str]:
-    """(equity vs benchmark, drawdown) as PNG data URIs, drawn together so their time axes line up."""
+def time_series_charts(
+    equity: pd.DataFrame,
+    log_scale: bool = False,
+    rolling: pd.DataFrame | None = None,
+    exposure: pd.DataFrame | None = None,
+) -> dict[str, str]:
+    """The charts over time (see `_time_series_figures`) as PNG data URIs by name, drawn together so
+    their time axes line up: a date sits at the same place on every chart of the page."""
     with matplotlib.rc_context(_STYLE):
-        equity_fig, drawdown_fig = _time_series_figures(equity, log_scale)
-        return _to_data_uri(equity_fig), _to_data_uri(drawdown_fig)
+        figs = _time_series_figures(equity, log_scale, rolling, exposure)
+        return {name: _to_data_uri(fig) for name, fig in figs.items()}
+
+
+def _bin_edges(values: np.ndarray) -> np.ndarray:
+    """Histogram bins: about sqrt(n), between MIN_BINS and MAX_BINS (a million bars gives no 1000-bar comb)."""
+    bins = int(np.clip(round(math.sqrt(values.size)), MIN_BINS, MAX_BINS))
+    return np.histogram_bin_edges(values, bins=bins)
+
+
+def return_distribution_chart(returns: np.ndarray, var_lines: Sequence[tuple[str, float]]) -> str:
+    """Histogram of period returns (as a density) with the normal fit of the same mean and sample
+    standard deviation, and a dashed line at each (label, return) of `var_lines` (the VaR quantiles)."""
+    r = np.asarray(returns, dtype=float)
+    with matplotlib.rc_context(_STYLE):
+        fig = _new_figure(HALF_WIDTH, HALF_HEIGHT)
+        ax = fig.add_subplot()
+        edges = _bin_edges(r)
+        ax.hist(r, bins=edges, density=True, color=BAR_COLOR, alpha=0.72, **_BAR_EDGES)
+        mean, std = float(r.mean()), float(r.std(ddof=1))
+        grid = np.linspace(edges[0], edges[-1], 240)
+        normal = np.exp(-0.5 * ((grid - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi))
+        handles = ax.plot(grid, normal, color=_TEXT_COLOR, lw=1.2)
+        labels = ["Normal fit"]
+        for (label, value), style in zip(var_lines, ("--", ":", "-."), strict=False):
+            handles.append(ax.axvline(value, color=DRAWDOWN_COLOR, lw=1.1, ls=style))
+            labels.append(label)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+        ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=1))
+        ax.yaxis.set_major_locator(NullLocator())  # a density's scale says nothing to a reader
+        ax.grid(axis="y", visible=False)
+        ax.set_xlabel("Return per period")
+        _legend_above(ax, handles, labels)
+        return _to_data_uri(fig)
+
+
+def trade_distribution_chart(values: np.ndarray, percent: bool) -> str:
+    """Histogram of closed trades' returns (`percent`) or PnL, wins in green and losses in red on
+    shared bins, with a line at the mean trade (the expectancy)."""
+    v = np.asarray(values, dtype=float)
+    with matplotlib.rc_context(_STYLE):
+        fig = _new_figure(HALF_WIDTH, HALF_HEIGHT)
+        ax = fig.add_subplot()
+        edges = _bin_edges(v)
+        groups = [
+            (v[v > 0], WIN_COLOR, "Wins"),
+            (v[v < 0], LOSS_COLOR, "Losses"),
+            (v[v == 0], BENCHMARK_COLOR, "Flat"),
+        ]
+        groups = [(g, color, f"{label} ({g.size:,})") for g, color, label in groups if g.size]
+        ax.hist(
+            [g for g, _, _ in groups],
+            bins=edges,
+            stacked=True,
+            color=[color for _, color, _ in groups],
+            label=[label for _, _, label in groups],
+            alpha=0.85,
+            **_BAR_EDGES,
+        )
+        mean = float(v.mean())
+        shown = f"{mean:+.2%}" if percent else f"{mean:+,.2f}"
+        ax.axvline(mean, color=_TEXT_COLOR, lw=1.1, ls="--", label=f"Mean {shown}")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+        ax.xaxis.set_major_formatter(
+            PercentFormatter(xmax=1.0, decimals=1) if percent else FuncFormatter(_money_tick)
+        )
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+        ax.set_xlabel("Return per trade" if percent else "PnL per trade")
+        ax.set_ylabel("Trades")
+        handles, labels = ax.get_legend_handles_labels()
+        _legend_above(ax, handles, labels)
+        return _to_data_uri(fig)
+
+
+def confusion_matrix_chart(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> str:
+    """A confusion matrix (rows actual, columns predicted) as a heatmap; each cell shows its count and
+    its share of the actual class (the row)."""
+    counts = np.asarray(matrix, dtype=float)
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    with matplotlib.rc_context({**_STYLE, "axes.grid": False}):
+        fig = _new_figure(SQUARE_WIDTH, HALF_HEIGHT)
+        ax = fig.add_subplot()
+        ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+        for (i, j), count in np.ndenumerate(counts):
+            light = share[i, j] > 0.6  # white text on the dark cells
+            ax.text(
+                j,
+                i,
+                f"{count:,.0f}\n{share[i, j]:.1%}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if light else _TEXT_COLOR,
+            )
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_yticks(range(len(labels)), labels)
+        ax.tick_params(length=0)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_xlabel("Predicted")
+        ax.set_ylabel("Actual")
+        return _to_data_uri(fig)
+
+
+def roc_chart(fpr: Sequence[float], tpr: Sequence[float], auc: float | None) -> str:
+    """The ROC curve (true against false positive rate) with the diagonal of a coin flip."""
+    with matplotlib.rc_context(_STYLE):
+        fig = _new_figure(SQUARE_WIDTH, HALF_HEIGHT)
+        ax = fig.add_subplot()
+        ax.plot([0, 1], [0, 1], color=BENCHMARK_COLOR, lw=1.0, ls="--", label="Chance")
+        label = "Model" if auc is None else f"Model (AUC {auc:.3f})"
+        ax.plot(fpr, tpr, color=STRATEGY_COLOR, lw=1.6, label=label)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.0)
+        ax.set_aspect("equal")
+        ax.set_xlabel("False positive rate")
+        ax.set_ylabel("True positive rate")
+        ax.legend(loc="lower right")
+        return _to_data_uri(fig)
 
 
 def feature_importance_chart(items: Sequence[tuple[str, float]]) -> str:
@@ -200,4 +386,44 @@ def feature_importance_chart(items: Sequence[tuple[str, float]]) -> str:
         ax.tick_params(axis="y", length=0, labelsize=8.5)
         ax.set_xlabel("Importance")
         ax.margins(y=0.01)
+        return _to_data_uri(fig)
+
+
+def pbo_chart(
+    logits: Sequence[float], is_performance: Sequence[float], oos_performance: Sequence[float]
+) -> str:
+    """The CSCV picture of a parameter sweep: the histogram of the in-sample winner's out-of-sample
+    rank logits (λ ≤ 0, red: the winner fell to or below the median; their share is the PBO), and
+    the winner's out-of-sample score against its in-sample one with their least-squares line."""
+    lam = np.asarray(logits, dtype=float)
+    lam = lam[np.isfinite(lam)]
+    x, y = np.asarray(is_performance, dtype=float), np.asarray(oos_performance, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    with matplotlib.rc_context(_STYLE):
+        fig = _new_figure(TIME_SERIES_WIDTH, 2.8)
+        left, right = fig.subplots(1, 2)
+        edges = _bin_edges(lam)
+        # A bin edge at 0 so no bar straddles the line; λ ≤ 0 (the PBO's count, 0 included) stacked in red.
+        edges = np.unique(np.r_[edges, 0.0]) if edges[0] < 0 < edges[-1] else edges
+        left.hist(
+            [lam[lam <= 0], lam[lam > 0]],
+            bins=edges,
+            stacked=True,
+            color=[LOSS_COLOR, BAR_COLOR],
+            alpha=0.85,
+            **_BAR_EDGES,
+        )
+        left.axvline(0.0, color=_TEXT_COLOR, lw=1.0, ls="--")
+        left.set_xlabel("Logit of the winner's out-of-sample rank")
+        left.set_ylabel("Splits")
+        left.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+        right.axhline(0.0, color=BENCHMARK_COLOR, lw=0.8)
+        right.scatter(x, y, s=6, color=STRATEGY_COLOR, alpha=0.35, lw=0)
+        if x.size >= 2 and np.ptp(x) > 0:
+            slope, intercept = np.polyfit(x, y, 1)
+            line = np.linspace(x.min(), x.max(), 2)
+            right.plot(line, intercept + slope * line, color=DRAWDOWN_COLOR, lw=1.3)
+        right.set_xlabel("In-sample score of the winner")
+        right.set_ylabel("Out-of-sample score")
         return _to_data_uri(fig)

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
-from quanto.reports import charts
+from quanto.backtest.metrics import monthly_returns
+from quanto.reports import charts, returns
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 TEMPLATE_NAME = "report.html.j2"
@@ -38,21 +39,49 @@ MISSING = "—"
 EXAMPLE_MAX_CHARS = 90
 PARAMS_MAX_CHARS = 90
 SIGNIFICANT = 0.95  # a PSR or DSR at or above it is shown as significant
+CLASS_LABELS = ("Down (0)", "Up (1)")  # a classifier's label 0 and 1: the direction of the return
 
 # Strategy metrics, in display order: key -> (label, kind). The kind picks the formatter.
+# (`quanto.backtest.metrics.performance_metrics` defines each; docs/backtest.md lists the formulas.)
 METRICS: dict[str, tuple[str, str]] = {
     "total_return": ("Total return", "pct"),
     "annual_return": ("Annual return", "pct"),
+    "annual_mean_return": ("Annual mean return", "pct"),
     "annual_volatility": ("Annual volatility", "pct"),
     "sharpe": ("Sharpe ratio", "ratio"),
     "sortino": ("Sortino ratio", "ratio"),
+    "calmar": ("Calmar ratio", "ratio"),
     "max_drawdown": ("Max drawdown", "pct"),
     "max_drawdown_duration": ("Max drawdown duration (bars)", "int"),
+    "max_drawdown_decline_bars": ("Deepest drawdown: decline (bars)", "int"),
+    "max_drawdown_recovery_bars": ("Deepest drawdown: recovery (bars)", "int"),
+    "var_95": ("VaR 95% (historical)", "pct"),
+    "cvar_95": ("CVaR 95% (historical)", "pct"),
+    "var_95_parametric": ("VaR 95% (normal)", "pct"),
+    "cvar_95_parametric": ("CVaR 95% (normal)", "pct"),
+    "var_99": ("VaR 99% (historical)", "pct"),
+    "cvar_99": ("CVaR 99% (historical)", "pct"),
+    "var_99_parametric": ("VaR 99% (normal)", "pct"),
+    "cvar_99_parametric": ("CVaR 99% (normal)", "pct"),
+    "alpha": ("Alpha (annual)", "pct"),
+    "beta": ("Beta", "ratio"),
+    "correlation": ("Correlation", "ratio"),
     "win_rate": ("Win rate", "pct"),
     "profit_factor": ("Profit factor", "ratio"),
+    "expectancy": ("Expectancy (PnL per trade)", "ratio"),
+    "expectancy_r": ("Expectancy (R per trade)", "ratio"),
+    "average_win": ("Average win", "ratio"),
+    "average_loss": ("Average loss", "ratio"),
+    "sqn": ("SQN", "ratio"),
     "trades": ("Trades", "int"),
+    "closed_trades": ("Closed trades", "int"),
+    "average_bars_held": ("Average bars held", "ratio"),
     "exposure": ("Exposure", "pct"),
+    "turnover": ("Turnover (per year)", "ratio"),
+    "periods": ("Periods", "int"),
 }
+# Metrics the table leaves out: `cagr` is annual_return under a second name.
+HIDDEN_METRICS = frozenset({"cagr"})
 # The headline cards under the title: (metric key, short label).
 CARDS: tuple[tuple[str, str], ...] = (
     ("total_return", "Total return"),
@@ -78,6 +107,7 @@ _EXTRA_KINDS: dict[str, str] = {
     "hit_rate": "pct",
     "precision": "pct",
     "recall": "pct",
+    "specificity": "pct",
     "calmar": "ratio",
     "ic_ir": "ratio",
     # Squared errors of returns are tiny (0.000412): significant digits, not fixed decimals.
@@ -140,6 +170,17 @@ class ReportData:
     ([{index, rows}] of the folds that searched) and cpcv's `paths` ([{path, **metrics}]); `model` is
     the train stage's summary (model_id, family, n_trials, note). Each section is left out when its
     data is (older summaries have none of it), except the canary, which says when it was off.
+
+    The return analysis is drawn from `equity` (its `returns` column, else the equity's own changes;
+    the first row is the starting point unless `first_row_is_period`, as with fills at the decision
+    bar's close) with `periods_per_year` (None: estimated from the timestamps) and `rolling_window`
+    (None: a quarter-year of bars, see `returns.rolling_window`): the monthly table, the return
+    distribution and rolling Sharpe and volatility. Exposure comes from equity's gross_exposure and net_exposure
+    columns, else from `positions` (ts, symbol and weight, or the sleeve engine's position); the
+    trade distribution from `trades` (return or pnl, and open). `classification` is
+    `stage.classification_summary` of a classifier's stitched predictions (None for a regressor);
+    `pbo` and `bootstrap` are the backtest summary's probability of backtest overfitting and
+    block-bootstrap intervals. Each of these is left out when its data is.
     """
 
     title: str
@@ -163,6 +204,14 @@ class ReportData:
     leaderboards: list[dict[str, Any]] = field(default_factory=list)
     paths: list[dict[str, Any]] = field(default_factory=list)
     model: dict[str, Any] = field(default_factory=dict)
+    periods_per_year: float | None = None
+    first_row_is_period: bool = False
+    rolling_window: int | None = None
+    trades: pd.DataFrame | None = None
+    positions: pd.DataFrame | None = None
+    classification: dict[str, Any] | None = None
+    pbo: dict[str, Any] | None = None
+    bootstrap: dict[str, Any] | None = None
 
 
 # --- formatting ---------------------------------------------------------------------------------
@@ -399,7 +448,7 @@ def _metric_keys(known: Iterable[str], dicts: Sequence[Mapping[str, Any]]) -> li
 
 
 def _metric_rows(metrics: Mapping[str, Any], benchmark: Mapping[str, Any]) -> list[dict[str, str]]:
-    keys = _metric_keys(METRICS, [metrics, benchmark])
+    keys = [k for k in _metric_keys(METRICS, [metrics, benchmark]) if k not in HIDDEN_METRICS]
     return [
         {
             "label": label_for(key),
@@ -675,13 +724,63 @@ def _canary(canary: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def _pbo_tests(pbo: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The parameter sweep's probability of backtest overfitting (`overfitting.pbo_cscv`) and what
+    its splits say about the winner, as rows of the tests table."""
+    value = pbo.get("pbo")
+    metric = {"sharpe": "Sharpe ratio", "mean": "mean return", "total_return": "total return"}.get(
+        pbo.get("metric"), "score"
+    )
+    splits = (
+        f"{_plural(pbo.get('n_combinations'), 'split')} of {_plural(pbo.get('n_rows'), 'period')} in"
+        f" {format_int(pbo.get('n_splits'))} blocks"
+    )
+    rows = [
+        {
+            "label": "Probability of backtest overfitting (PBO)",
+            "value": format_percent(value, 1),
+            "tone": "" if _is_missing(value) else "pos" if value <= 1 - SIGNIFICANT else "neg",
+            "meaning": f"Share of the {splits} (CSCV) in which the best of the sweep's"
+            f" {_plural(pbo.get('n_trials'), 'trial')} in sample, by {metric}, ranks at or below the"
+            f" median out of sample; noise gives about 50%, {format_percent(1 - SIGNIFICANT, 0)} or less"
+            " says the selection holds up.",
+        }
+    ]
+    if "prob_oos_loss" in pbo:
+        rows.append(
+            {
+                "label": "Probability of out-of-sample loss",
+                "value": format_percent(pbo["prob_oos_loss"], 1),
+                "tone": "",
+                "meaning": f"Share of those splits whose in-sample winner has a {metric} below 0 out of sample.",
+            }
+        )
+    if pbo.get("degradation_slope") is not None:
+        rows.append(
+            {
+                "label": "Performance degradation",
+                "value": format_ratio(pbo["degradation_slope"]),
+                "tone": "",
+                "meaning": f"Slope of the winner's out-of-sample {metric} on its in-sample one over the"
+                " splits; below 0: the better a trial looked in sample, the worse it did after.",
+            }
+        )
+    return rows
+
+
 def _reality(data: ReportData) -> dict[str, Any] | None:
-    """The "Is it real?" section: PSR and DSR of the stitched signal, and the canary's verdict."""
-    if not data.statistics and data.canary is None:
+    """The "Is it real?" section: PSR and DSR of the stitched signal, the sweep's probability of
+    backtest overfitting, the block-bootstrap intervals, and the canary's verdict."""
+    evaluated = bool(data.statistics) or data.canary is not None
+    if not evaluated and not data.pbo and not data.bootstrap:
         return None  # a summary from before the honest evaluation: nothing to say either way
+    tests = _sharpe_tests(data.statistics) if data.statistics else []
+    tests += _pbo_tests(data.pbo) if data.pbo else []
     return {
-        "tests": _sharpe_tests(data.statistics) if data.statistics else [],
-        "canary": _canary(data.canary),
+        "tests": tests,
+        "bootstrap": _bootstrap(data.bootstrap),
+        # Without the walk-forward's evaluation the canary's state is unknown, not "off".
+        "canary": _canary(data.canary) if evaluated else None,
     }
 
 
@@ -761,11 +860,234 @@ def _search(data: ReportData) -> dict[str, Any] | None:
     return {"table": {"columns": columns, "rows": rows, "summary": []}, "lines": lines}
 
 
+# --- the return analysis ------------------------------------------------------------------------
+
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+# Heatmap cells blend white toward the stylesheet's green (gain) or red (loss): a faint tint for the
+# smallest move, at most HEAT_MAX for the largest, so dark text stays readable on every cell.
+_GAIN_RGB, _LOSS_RGB = (30, 125, 79), (178, 58, 46)
+HEAT_MIN, HEAT_MAX = 0.08, 0.6
+
+
+def heat_color(value: float | None, scale: float) -> str:
+    """A heatmap cell's background as "#rrggbb": green for a gain, red for a loss, stronger with
+    |value| / scale; "" (no colour) for a missing or zero value or a zero scale."""
+    if _is_missing(value) or not scale > 0 or value == 0:
+        return ""
+    base = _GAIN_RGB if value > 0 else _LOSS_RGB
+    alpha = HEAT_MIN + (HEAT_MAX - HEAT_MIN) * min(1.0, abs(float(value)) / scale)
+    return "#" + "".join(f"{round(255 + (c - 255) * alpha):02x}" for c in base)
+
+
+def _heat_cells(values: Sequence[object], scale: float) -> list[dict[str, str]]:
+    # A month without periods is blank, not "—": outside the backtest, nothing is missing there.
+    return [
+        {
+            "text": "" if _is_missing(v) else format_percent(v, 1),
+            "bg": heat_color(v, scale),
+            "tone": _tone(v),
+        }
+        for v in values
+    ]
+
+
+def _scale(frame: pd.DataFrame) -> float:
+    values = np.abs(frame.to_numpy(dtype=float))
+    values = values[np.isfinite(values)]
+    return float(values.max()) if values.size else 0.0
+
+
+def _monthly(r: pd.Series) -> dict[str, Any] | None:
+    """The monthly returns table (years × months and the year's compounded return), with colours: the
+    months scaled by the largest monthly move, the year column by the largest yearly one."""
+    if r.empty:
+        return None
+    table = monthly_returns(r)
+    months = table[list(range(1, 13))]
+    month_scale, year_scale = _scale(months), _scale(table[["year"]])
+    rows = [
+        {
+            "year": str(year),
+            "cells": _heat_cells(months.loc[year].tolist(), month_scale),
+            "total": _heat_cells([table.loc[year, "year"]], year_scale)[0],
+        }
+        for year in table.index
+    ]
+    return {"months": MONTHS, "rows": rows}
+
+
+def _distributions(a: _Analysis, drawn: _Charts) -> dict[str, str] | None:
+    """Captions of the return and trade distributions (None when neither chart was drawn)."""
+    if not drawn.returns and not drawn.trades:
+        return None
+    returns_note = trades_note = ""
+    if drawn.returns:
+        r = a.returns.to_numpy(dtype=float)
+        returns_note = (
+            f"{_plural(r.size, 'period')}, mean {format_percent(r.mean(), 3)}, standard deviation"
+            f" {format_percent(r.std(ddof=1), 3)}."
+        )
+        if a.var_lines:
+            levels = " and ".join(format_percent(level, 0) for level, _ in a.var_lines)
+            chances = " and ".join(format_percent(1 - level, 0) for level, _ in a.var_lines)
+            returns_note += (
+                f" Red lines: historical VaR at {levels}, the losses a period exceeds with probability"
+                f" {chances}."
+            )
+    if drawn.trades:
+        kept = a.trade_values.size if a.trade_values is not None else 0
+        left_out = f"; {_plural(a.open_trades, 'open trade')} left out" if a.open_trades else ""
+        measure = "return" if a.trade_percent else "PnL"
+        trades_note = f"{_plural(kept, 'closed trade')} by {measure}{left_out}."
+    return {"returns": returns_note, "trades": trades_note}
+
+
+def _over_time(a: _Analysis) -> dict[str, str]:
+    """Captions of the rolling and exposure charts."""
+    rolling = ""
+    if a.rolling is not None and a.window and a.periods_per_year:
+        rolling = (
+            f"window {_plural(a.window, 'bar')}, annualized with {format_ratio(a.periods_per_year, 0)}"
+            " periods per year"
+        )
+    sources = {
+        "equity": "gross = (long + |short|) / equity, net = (long − |short|) / equity",
+        "position weights": "from position weights: gross = Σ|weight|, net = Σ weight",
+        "sleeve positions": "from sleeve positions: mean over symbols of each equal-capital sleeve's position",
+    }
+    return {"rolling": rolling, "exposure": sources.get(a.exposure_source, "")}
+
+
+def _classification(c: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The classifier's numbers beside its confusion matrix and ROC curve."""
+    if not c:
+        return None
+    rows = [
+        (label, format_value(key, c.get(key)))
+        for key, label in (
+            ("n", "Scored rows"),
+            ("accuracy", "Accuracy"),
+            ("precision", "Precision (up)"),
+            ("recall", "Recall (up)"),
+            ("specificity", "Specificity (down)"),
+            ("auc", "AUC"),
+        )
+        if key in c
+    ]
+    threshold = c.get("threshold")
+    caption = f"P(up) above {format_ratio(threshold)} predicts up" if threshold is not None else ""
+    return {"rows": rows, "caption": caption}
+
+
+def _bootstrap(b: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Block-bootstrap confidence intervals and stress quantiles (`BootstrapResult.summary`)."""
+    if not b:
+        return None
+    stats = b.get("statistics") or {}
+    stress = b.get("stress") or {}
+    quantiles = sorted({q for s in stress.values() for q in s}, reverse=True)  # q05 before q01
+    rows = []
+    for key, label, kind in (
+        ("total_return", "Total return", "pct"),
+        ("cagr", "CAGR", "pct"),
+        ("sharpe", "Sharpe ratio", "ratio"),
+        ("max_drawdown", "Max drawdown", "pct"),
+    ):
+        if key not in stats:
+            continue
+        st = stats[key]
+        cells = [st.get("estimate"), st.get("lower"), st.get("upper")]
+        cells += [(stress.get(key) or {}).get(q) for q in quantiles]
+        rows.append([label] + [format_percent(v) if kind == "pct" else format_ratio(v) for v in cells])
+    confidence = b.get("confidence")
+    level = format_percent(confidence, 0) if confidence is not None else ""
+    header = ["Statistic", "Observed", f"{level} low".strip(), f"{level} high".strip()]
+    header += [f"Worst {int(q[1:])}%" for q in quantiles]
+    method, length = b.get("method"), format_ratio(b.get("block"), 1)
+    # Stationary blocks have random lengths of that mean; circular ones a fixed length.
+    blocks = (
+        f"blocks of {length} periods" if method == "circular" else f"blocks of mean length {length} periods"
+    )
+    seed = f", seed {b['seed']}" if b.get("seed") is not None else ""
+    note = (
+        f"{_plural(b.get('n_paths'), 'path')} of {_plural(b.get('n'), 'period')} resampled in"
+        f" {method or 'random'} {blocks}{seed}: percentile intervals of each statistic; the worst"
+        " columns are its low tail over the paths, a stress distribution of what the same returns in"
+        " another order could have done."
+    )
+    return {"header": header, "rows": rows, "note": note}
+
+
 def _check_equity(equity: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in EQUITY_COLUMNS if c not in equity.columns]
     if missing:
         raise ValueError(f"ReportData.equity lacks column(s) {missing}; expected {list(EQUITY_COLUMNS)}")
     return equity.sort_values("ts", kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class _Analysis:
+    """What the report derives from the equity, positions and trades once, for charts and captions."""
+
+    returns: pd.Series  # per period, indexed by ts; the first equity row (the start) is not a period
+    periods_per_year: float | None
+    window: int | None  # rolling window in bars; None when the series is too short for one
+    rolling: pd.DataFrame | None  # sharpe, volatility per equity row
+    exposure: pd.DataFrame | None  # gross, net per equity row
+    exposure_source: str
+    trade_values: np.ndarray | None  # closed trades' returns (or PnL); None without closed trades
+    trade_percent: bool  # whether trade_values are returns (else PnL in currency)
+    open_trades: int
+    var_lines: list[tuple[float, float]]  # (level, return at the historical VaR); [] without a spread
+
+
+def _trade_values(trades: pd.DataFrame | None) -> tuple[np.ndarray | None, bool, int]:
+    """Closed trades' returns (or PnL when the log has no return column), and the open trades' count:
+    an open trade's result is a mark, not an outcome, so it is left out of the distribution."""
+    if trades is None or trades.empty:
+        return None, True, 0
+    is_open = (
+        trades["open"].astype(bool).to_numpy() if "open" in trades.columns else np.zeros(len(trades), bool)
+    )
+    column = "return" if "return" in trades.columns else "pnl"
+    if column not in trades.columns:
+        raise ValueError(f"ReportData.trades needs a return or pnl column, got {list(trades.columns)}")
+    values = trades.loc[~is_open, column].to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    return (values if values.size else None), column == "return", int(is_open.sum())
+
+
+def _analyse(data: ReportData, equity: pd.DataFrame) -> _Analysis:
+    r = returns.period_returns(equity, data.first_row_is_period)
+    ppy = returns.periods_per_year(data.periods_per_year, equity["ts"])
+    window = returns.rolling_window(len(r), ppy, data.rolling_window)
+    # Constant returns (a model that never traded) have no Sharpe ratio to roll: no chart.
+    rolling = returns.rolling_frame(equity, r, window, ppy) if window and ppy and _has_spread(r) else None
+    exposure = returns.exposure_frame(equity, data.positions) if not equity.empty else None
+    values, percent, n_open = _trade_values(data.trades)
+    return _Analysis(
+        var_lines=returns.var_lines(r) if _has_spread(r) else [],
+        returns=r,
+        periods_per_year=ppy,
+        window=window,
+        rolling=rolling,
+        exposure=exposure[0] if exposure else None,
+        exposure_source=exposure[1] if exposure else "",
+        trade_values=values,
+        trade_percent=percent,
+        open_trades=n_open,
+    )
+
+
+def _floats(values: Sequence[float | None] | None) -> np.ndarray:
+    """A JSON list of numbers (None for an undefined one) as floats with NaN."""
+    return np.array([np.nan if v is None else v for v in values or []], dtype=float)
+
+
+def _has_spread(values: pd.Series | np.ndarray) -> bool:
+    """At least two values and not all equal: a histogram and a normal fit need a spread."""
+    v = np.asarray(values, dtype=float)
+    return v.size >= 2 and bool(np.ptp(v) > 0)
 
 
 @dataclass(frozen=True)
@@ -775,21 +1097,65 @@ class _Charts:
     equity: str | None
     drawdown: str | None
     features: str | None
+    rolling_sharpe: str | None = None
+    rolling_volatility: str | None = None
+    exposure: str | None = None
+    returns: str | None = None
+    trades: str | None = None
+    confusion: str | None = None
+    roc: str | None = None
+    pbo: str | None = None
 
 
-def _draw_charts(data: ReportData, equity: pd.DataFrame, top: list[tuple[str, float]]) -> _Charts:
-    equity_uri = drawdown_uri = None
+def _var_label(level: float, value: float) -> str:
+    return f"VaR {format_percent(level, 0)}: {format_percent(value)}"
+
+
+def _draw_charts(
+    data: ReportData, equity: pd.DataFrame, top: list[tuple[str, float]], a: _Analysis
+) -> _Charts:
+    over_time: dict[str, str] = {}
     if not equity.empty:
-        # Drawn as a pair: same time range, plot areas aligned so a date sits at one place on the page.
-        equity_uri, drawdown_uri = charts.time_series_charts(equity, log_scale=data.log_scale)
+        # Drawn together: same time range, plot areas aligned so a date sits at one place on the page.
+        over_time = charts.time_series_charts(equity, data.log_scale, a.rolling, a.exposure)
+    distribution = None
+    if _has_spread(a.returns):
+        lines = [(_var_label(level, q), q) for level, q in a.var_lines]
+        distribution = charts.return_distribution_chart(a.returns.to_numpy(dtype=float), lines)
+    trades = None
+    if a.trade_values is not None:
+        trades = charts.trade_distribution_chart(a.trade_values, a.trade_percent)
+    c = data.classification or {}
+    confusion = roc = None
+    if c.get("confusion"):
+        confusion = charts.confusion_matrix_chart(c["confusion"], CLASS_LABELS)
+    if c.get("roc"):
+        roc = charts.roc_chart(c["roc"]["fpr"], c["roc"]["tpr"], c.get("auc"))
+    pbo = None
+    logits = _floats((data.pbo or {}).get("logits"))
+    if np.isfinite(logits).any():
+        scores = [_floats((data.pbo or {}).get(k)) for k in ("is_performance", "oos_performance")]
+        if scores[0].size != scores[1].size:  # a summary that kept only some splits' scores: no scatter
+            scores = [np.empty(0), np.empty(0)]
+        pbo = charts.pbo_chart(logits, *scores)
     return _Charts(
-        equity=equity_uri,
-        drawdown=drawdown_uri,
+        pbo=pbo,
+        equity=over_time.get("equity"),
+        drawdown=over_time.get("drawdown"),
         features=charts.feature_importance_chart(top) if top else None,
+        rolling_sharpe=over_time.get("rolling_sharpe"),
+        rolling_volatility=over_time.get("rolling_volatility"),
+        exposure=over_time.get("exposure"),
+        returns=distribution,
+        trades=trades,
+        confusion=confusion,
+        roc=roc,
     )
 
 
-def _context(data: ReportData, equity: pd.DataFrame, drawn: _Charts, print_mode: bool) -> dict[str, Any]:
+def _context(
+    data: ReportData, equity: pd.DataFrame, a: _Analysis, drawn: _Charts, print_mode: bool
+) -> dict[str, Any]:
     _, feature_rows, feature_caption = _feature_table(data.feature_importance)
     half = (len(feature_rows) + 1) // 2
     # One choice for the whole report: dates alone for daily bars, dates and times for intraday ones.
@@ -814,6 +1180,10 @@ def _context(data: ReportData, equity: pd.DataFrame, drawn: _Charts, print_mode:
         "metric_rows": _metric_rows(data.metrics, data.benchmark_metrics),
         "charts": drawn,
         "log_scale": data.log_scale,
+        "monthly": _monthly(a.returns),
+        "distributions": _distributions(a, drawn),
+        "over_time": _over_time(a),
+        "classification": _classification(data.classification) if drawn.confusion or drawn.roc else None,
         "folds": _fold_table(data.folds, with_time),
         # Two side-by-side tables of ≤ 10 rows keep the chart and its numbers on one page.
         "features": {
@@ -844,11 +1214,12 @@ def render_html(data: ReportData, print_mode: bool = False) -> str:
     """Render the report template to an HTML string (`print_mode` adds page breaks for the PDF)."""
     equity = _check_equity(data.equity)
     top, _, _ = _feature_table(data.feature_importance)
-    return _render(data, equity, _draw_charts(data, equity, top), print_mode)
+    a = _analyse(data, equity)
+    return _render(data, equity, a, _draw_charts(data, equity, top, a), print_mode)
 
 
-def _render(data: ReportData, equity: pd.DataFrame, drawn: _Charts, print_mode: bool) -> str:
-    return _environment().get_template(TEMPLATE_NAME).render(_context(data, equity, drawn, print_mode))
+def _render(data: ReportData, equity: pd.DataFrame, a: _Analysis, drawn: _Charts, print_mode: bool) -> str:
+    return _environment().get_template(TEMPLATE_NAME).render(_context(data, equity, a, drawn, print_mode))
 
 
 def _url_fetcher():
@@ -901,16 +1272,17 @@ def render_report(data: ReportData, out_dir: Path, formats: list[str]) -> dict[s
     out_dir.mkdir(parents=True, exist_ok=True)
     equity = _check_equity(data.equity)
     top, _, _ = _feature_table(data.feature_importance)
-    drawn = _draw_charts(data, equity, top)
+    a = _analyse(data, equity)
+    drawn = _draw_charts(data, equity, top, a)
     written: dict[str, Path] = {}
     for fmt in FORMATS:
         if fmt not in formats:
             continue
         path = out_dir / OUTPUT_NAMES[fmt]
         if fmt == "html":
-            payload = _render(data, equity, drawn, print_mode=False).encode("utf-8")
+            payload = _render(data, equity, a, drawn, print_mode=False).encode("utf-8")
         else:
-            payload = html_to_pdf(_render(data, equity, drawn, print_mode=True))
+            payload = html_to_pdf(_render(data, equity, a, drawn, print_mode=True))
         _atomic_write(path, payload)
         written[fmt] = path
     return written

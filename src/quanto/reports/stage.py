@@ -5,10 +5,21 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score, roc_curve
+
 from quanto.config.models import PipelineConfig
 from quanto.contracts import FileRef, StageRequest, StageResult
+from quanto.evaluation.metrics import directions
 from quanto.lake.materialize import Materialized, StageContext, materialize
 from quanto.lake.storage import sha256_file
+
+FILL_WORDS = {
+    "next_open": "fill at the next bar's open",
+    "next_close": "fill at the next bar's close",
+    "this_close": "fill at the decision bar's close",
+}
 
 
 def config_summary(cfg: PipelineConfig) -> dict[str, str]:
@@ -24,8 +35,8 @@ def config_summary(cfg: PipelineConfig) -> dict[str, str]:
         "Model": f"{m.kind} {m.objective} ({', '.join(f'{k}={v}' for k, v in m.params.items() if v is not None)})",
         "Walk-forward": f"{wf.scheme}, train {wf.train_bars} / test {wf.test_bars} / step {wf.step} bars,"
         f" embargo {wf.embargo_bars}",
-        "Positions": f"{bt.mode.replace('_', '/')}, fill at next bar's open",
-        "Costs": f"commission {bt.commission_bps:g} bps + slippage {bt.slippage_bps:g} bps per side",
+        "Positions": f"{bt.mode.replace('_', '/')}, {FILL_WORDS[bt.fill]}",
+        "Costs": costs_summary(bt),
     }
 
 
@@ -49,6 +60,84 @@ def evaluation_fields(walk_forward: dict[str, Any], train: dict[str, Any]) -> di
     }
 
 
+# The probability above which a classifier's prediction counts as "up" (`evaluation.metrics.directions`).
+CLASSIFICATION_THRESHOLD = 0.5
+ROC_MAX_POINTS = 400  # a ROC curve thinned to this many points draws the same line from any number of rows
+
+
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def classification_summary(predictions: pd.DataFrame) -> dict[str, Any] | None:
+    """A classifier's confusion matrix and ROC curve over the stitched out-of-sample predictions.
+
+    `predictions` has columns prediction (P(label 1)) and label (0 or 1); rows where either is missing
+    are left out. A prediction above CLASSIFICATION_THRESHOLD predicts 1 (the walk-forward's
+    accuracy uses the same rule). Returns n, threshold, confusion ([[tn, fp], [fn, tp]]: rows the
+    actual class 0 and 1, columns the predicted one), accuracy, precision and recall of class 1,
+    specificity (recall of class 0), and with both classes present auc and roc ({fpr, tpr}, at most
+    ROC_MAX_POINTS points); None without a scorable row.
+    """
+    missing = [c for c in ("prediction", "label") if c not in predictions.columns]
+    if missing:
+        raise ValueError(f"predictions lack column(s) {missing}; have {list(predictions.columns)}")
+    p = predictions["prediction"].to_numpy(dtype=float)
+    y = predictions["label"].to_numpy(dtype=float)
+    keep = np.isfinite(p) & np.isfinite(y)
+    p, y = p[keep], y[keep]
+    if not p.size:
+        return None
+    bad = np.unique(y[(y != 0) & (y != 1)])
+    if bad.size:
+        raise ValueError(f"a classifier's label must be 0 or 1, got {bad[:5].tolist()}")
+    up, real_up = directions(p, y, y, "classification")
+    tp, fp = int((up & real_up).sum()), int((up & ~real_up).sum())
+    fn, tn = int((~up & real_up).sum()), int((~up & ~real_up).sum())
+    out: dict[str, Any] = {
+        "n": int(p.size),
+        "threshold": CLASSIFICATION_THRESHOLD,
+        "confusion": [[tn, fp], [fn, tp]],
+        "accuracy": (tp + tn) / p.size,
+        "precision": _share(tp, tp + fp),
+        "recall": _share(tp, tp + fn),
+        "specificity": _share(tn, tn + fp),
+    }
+    if tp + fn and tn + fp:  # both classes occur: a ROC curve exists
+        fpr, tpr, _ = roc_curve(y, p)
+        if fpr.size > ROC_MAX_POINTS:
+            pick = np.unique(np.linspace(0, fpr.size - 1, ROC_MAX_POINTS).round().astype(int))
+            fpr, tpr = fpr[pick], tpr[pick]
+        out["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+        out["auc"] = float(roc_auc_score(y, p))
+    return out
+
+
+def costs_summary(bt: Any) -> str:
+    """The backtest's cost settings in words: only the parts that are set."""
+    parts = [f"commission {bt.commission_bps:g} bps"]
+    if bt.commission_per_share:
+        parts.append(f"{bt.commission_per_share:g} per share")
+    if bt.commission_per_order:
+        parts.append(f"{bt.commission_per_order:g} per order")
+    if bt.commission_min:
+        parts.append(f"minimum {bt.commission_min:g}")
+    text = ", ".join(parts) + f" + slippage {bt.slippage_bps:g} bps per side"
+    return text + (f"; borrow {bt.borrow_rate:.2%} a year on shorts" if bt.borrow_rate else "")
+
+
+def backtest_fields(backtest: dict[str, Any], fill: str) -> dict[str, Any]:
+    """The `ReportData` fields of the backtest stage's summary beyond its metrics: periods per year,
+    and the honest statistics (pbo, bootstrap) when the backtest computed them; `fill` (the job's
+    backtest.fill) tells whether the equity's first row is a period."""
+    return {
+        "periods_per_year": backtest.get("periods_per_year"),
+        "first_row_is_period": fill == "this_close",
+        "pbo": backtest.get("pbo"),
+        "bootstrap": backtest.get("bootstrap"),
+    }
+
+
 def run_report(req: StageRequest, ctx: StageContext) -> StageResult:
     """Render the research report from the outputs of the earlier stages."""
     from quanto.backtest.stage import run_folder
@@ -57,7 +146,17 @@ def run_report(req: StageRequest, ctx: StageContext) -> StageResult:
     cfg = PipelineConfig.model_validate(req.config)
     validate, train, wf, bt = (req.inputs[k] for k in ("validate", "train", "walk_forward", "backtest"))
     equity_refs = bt.files("equity")
-    inputs = equity_refs + train.files("model") + train.files("model_card")
+    trade_refs, position_refs = bt.files("trades"), bt.files("positions")
+    # A classifier's stitched predictions give its confusion matrix and ROC curve; a regressor has none.
+    prediction_refs = wf.files("predictions") if wf.summary.get("objective") == "classification" else []
+    inputs = (
+        equity_refs
+        + trade_refs
+        + position_refs
+        + prediction_refs
+        + train.files("model")
+        + train.files("model_card")
+    )
     stage_cfg = {
         "report": cfg.report.model_dump(mode="json"),
         "summary": config_summary(cfg),
@@ -66,6 +165,16 @@ def run_report(req: StageRequest, ctx: StageContext) -> StageResult:
 
     def compute(key: str) -> Materialized:
         equity = ctx.lake.read_frame(equity_refs)
+        trades = ctx.lake.read_frame(trade_refs) if trade_refs else None
+        positions = None
+        # Positions (symbols × bars: large) are read only for exposure the equity frame lacks.
+        if position_refs and not {"gross_exposure", "net_exposure"} <= set(equity.columns):
+            positions = ctx.lake.read_frame(position_refs)
+        classification = None
+        if prediction_refs:
+            classification = classification_summary(
+                ctx.lake.read_frame(prediction_refs, columns=["prediction", "label"])
+            )
         data = ReportData(
             title=cfg.report.title,
             subtitle=f"{cfg.name} · {cfg.workflow_id()}",
@@ -77,7 +186,11 @@ def run_report(req: StageRequest, ctx: StageContext) -> StageResult:
             folds=wf.summary.get("folds", []),
             feature_importance=[tuple(x) for x in train.summary.get("feature_importance", [])],
             quality=validate.summary,
+            trades=trades,
+            positions=positions,
+            classification=classification,
             **evaluation_fields(wf.summary, train.summary),
+            **backtest_fields(bt.summary, cfg.backtest.fill),
         )
         paths = render_report(data, ctx.lake.abspath(run_folder(cfg)), cfg.report.formats)
         outputs = [

@@ -21,6 +21,7 @@ from quanto.config.ingest import IngestConfig
 from quanto.config.loading import ConfigError, load_config
 from quanto.config.models import PipelineConfig
 from quanto.config.schedules import SchedulesConfig
+from quanto.config.sweep import SweepJob
 from quanto.errors import InputError
 
 app = typer.Typer(
@@ -31,6 +32,9 @@ pipeline_app = typer.Typer(no_args_is_help=True, help="Research pipeline runs.")
 config_app = typer.Typer(no_args_is_help=True, help="Job-file schemas.")
 data_app = typer.Typer(no_args_is_help=True, help="Market data in the lake.")
 features_app = typer.Typer(no_args_is_help=True, help="The feature registry.")
+backtest_app = typer.Typer(
+    no_args_is_help=True, help="Backtests beyond the pipeline's own: parameter sweeps."
+)
 models_app = typer.Typer(no_args_is_help=True, help="The model registry: candidates and production models.")
 schedule_app = typer.Typer(no_args_is_help=True, help="Temporal Schedules from configs/schedules.yaml.")
 app.add_typer(server_app, name="server")
@@ -38,6 +42,7 @@ app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
+app.add_typer(backtest_app, name="backtest")
 app.add_typer(models_app, name="models")
 app.add_typer(schedule_app, name="schedule")
 
@@ -61,6 +66,7 @@ def _fail(as_json: bool, code: int, message: str) -> None:
 
 CONFIG_KINDS: dict[str, type] = {
     "pipeline": PipelineConfig,
+    "sweep": SweepJob,
     "ingest": IngestConfig,
     "schedules": SchedulesConfig,
 }
@@ -603,6 +609,50 @@ def models_promote(model_id: str, as_json: JsonFlag = False) -> None:
         demoted = f"; {', '.join(out['demoted'])} back to candidate" if out["demoted"] else ""
         text = f"{model_id} is now the production model of {out['name']}{demoted}"
     _emit(as_json, out, text)
+
+
+# --- backtest -----------------------------------------------------------------------------------------
+
+
+@backtest_app.command("sweep")
+def backtest_sweep(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Sweep job file (YAML).")],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the leaderboard.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Start SweepWorkflow: the job's pipeline up to its predictions, one backtest per grid point,
+    then the leaderboard with the probability of backtest overfitting and the deflated Sharpe ratio."""
+    from temporalio.client import WorkflowFailureError
+
+    from quanto.starter.client import connect, ui_link
+    from quanto.starter.sweep import start_sweep
+
+    job = _load(SweepJob, config, as_json)
+
+    async def main() -> tuple[dict, int]:
+        client = await connect()
+        handle = await start_sweep(client, job, str(config))
+        out: dict[str, Any] = {"workflow_id": handle.id, "ui_url": ui_link(handle.id)}
+        if not wait:
+            return out, 0
+        try:
+            result = await handle.result()
+        except WorkflowFailureError as err:
+            return {**out, "status": "failed", "error": str(err.cause or err)}, 1
+        return {**out, "status": "completed", **result.summary}, 0
+
+    out, code = asyncio.run(main())
+    board = out.get("leaderboard", [])
+    text = "\n".join(
+        [f"sweep {out['workflow_id']}: {out.get('status', 'started')}  {out['ui_url']}"]
+        + [
+            f"  #{r['rank']} {r['params']}  {out.get('metric')} {r.get(out.get('metric'))}"
+            for r in board[:10]
+        ]
+        + ([f"  PBO {out['pbo']['pbo']:.2f}"] if out.get("pbo") else [])
+    )
+    _emit(as_json, out, text)
+    raise typer.Exit(code)
 
 
 # --- schedules ----------------------------------------------------------------------------------------

@@ -17,13 +17,15 @@ from temporalio.worker import SharedStateManager, Worker
 
 from quanto.activities import ingest as ingest_acts
 from quanto.activities import pipeline as acts
+from quanto.activities import sweep as sweep_acts
 from quanto.activities import training as training_acts
-from quanto.contracts import ALL_QUEUES, PIPELINE_STAGES, QUEUE_CONTROL, QUEUE_IO, QUEUE_TRAIN
+from quanto.contracts import ALL_QUEUES, PIPELINE_STAGES, QUEUE_COMPUTE, QUEUE_CONTROL, QUEUE_IO, QUEUE_TRAIN
 from quanto.workflows.ingest import IngestionWorkflow
 from quanto.workflows.pipeline import ResearchPipelineWorkflow
+from quanto.workflows.sweep import SweepWorkflow
 from quanto.workflows.training import TrainingWorkflow
 
-WORKFLOWS = {QUEUE_CONTROL: [ResearchPipelineWorkflow, TrainingWorkflow, IngestionWorkflow]}
+WORKFLOWS = {QUEUE_CONTROL: [ResearchPipelineWorkflow, TrainingWorkflow, SweepWorkflow, IngestionWorkflow]}
 PROCESS_POOL_QUEUES = {"quanto-compute"}
 HEARTBEAT_THROTTLE = timedelta(seconds=2)
 
@@ -44,6 +46,7 @@ def activities_by_queue() -> dict[str, list]:
     for spec in PIPELINE_STAGES:
         out.setdefault(spec.queue, []).append(acts.STAGE_ACTIVITIES[spec.name])
     out.setdefault(QUEUE_TRAIN, []).extend(training_acts.TRAINING_ACTIVITIES)
+    out.setdefault(QUEUE_COMPUTE, []).extend(sweep_acts.SWEEP_ACTIVITIES)
     out.setdefault(QUEUE_IO, []).append(acts.record_run)
     out[QUEUE_IO].extend(ingest_acts.INGEST_ACTIVITIES)
     return out
