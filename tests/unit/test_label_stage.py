@@ -281,7 +281,10 @@ def test_regime_fit_window_must_fit_the_walk_forward_and_the_panel():
             [{"kind": "forward_returns", "prefix": "fwd"}, {"kind": "triple_barrier", "prefix": "fwd_5"}],
             r"extra\[1\] \(triple_barrier\) would write column 'fwd_5_t1'",
         ),
-        ([{"kind": "spread_explosion"}], r"label.extra: extra\[0\]: spread_explosion needs quotes"),
+        (
+            [{"kind": "spread_explosion"}],
+            r"job.yaml: <root>: label.extra\[0\] \(spread_explosion\) needs quotes",
+        ),  # fmt: skip
         (
             [{"kind": "forward_returns", "horizons": [5, 5]}],
             r"extra\[0\].forward_returns.horizons: horizons must be distinct",

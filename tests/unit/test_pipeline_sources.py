@@ -16,6 +16,7 @@ import math
 import time
 from pathlib import Path
 
+import pandas as pd
 import polars as pl
 import pytest
 
@@ -135,11 +136,13 @@ def job(lake: Lake, source: str, symbols: list[str], calendar: str = "XNYS", **f
     )  # fmt: skip
 
 
-def run_until_features(cfg: PipelineConfig) -> dict[str, StageResult]:
-    """ingest → validate → features in this process (the stage functions the workflow runs)."""
+def run_until_features(
+    cfg: PipelineConfig, stages: tuple[str, ...] = ("ingest", "validate", "features")
+) -> dict[str, StageResult]:
+    """ingest → validate → features (or `stages`) in this process (the stage functions the workflow runs)."""
     ctx = StageContext(lake=Lake(cfg.lake_root), record=False)
     results: dict[str, StageResult] = {}
-    for spec in (s for s in PIPELINE_STAGES if s.name in ("ingest", "validate", "features")):
+    for spec in (s for s in PIPELINE_STAGES if s.name in stages):
         req = StageRequest(stage=spec.name, config=cfg.model_dump(mode="json"),
                            inputs={n: results[n] for n in spec.needs})  # fmt: skip
         results[spec.name] = STAGE_FUNCTIONS[spec.name](req, ctx)
@@ -218,6 +221,43 @@ def test_polygon_quotes_and_fundamentals_reach_the_feature_table(polygon_lake):
 
     # Nothing changed: every stage is skipped on a rerun.
     assert all(r.skipped for r in run_until_features(cfg).values())
+
+
+def test_the_spread_explosion_label_reads_the_validated_quotes(polygon_lake):
+    from quanto.labels.rewards import spread_explosion
+
+    raw = job(polygon_lake, "polygon", US, microstructure={"window": 5}).model_dump(mode="json")
+    raw["label"]["extra"] = [{"kind": "spread_explosion", "window": 5, "k": 2.0}]
+    cfg = PipelineConfig.model_validate(raw)
+    results = run_until_features(cfg, ("ingest", "validate", "labels"))
+    manifest = json.loads(polygon_lake.abspath(results["labels"].manifest).read_text())
+    assert {f["role"] for f in manifest["inputs"]} == {"bars", "quotes"}  # a quote top-up reruns labels
+    table = polygon_lake.read_frame(results["labels"].files("labels")).sort_values(["symbol", "ts"])
+    assert {"spread_label", "spread_t1"} <= set(table.columns)
+
+    # By hand from the library's per-quote labels on the lake's quotes: a bar's label is the judgement
+    # of the quotes stamped in the symbol's next bar, t1 the last of them.
+    per_quote = spread_explosion(catalog(polygon_lake, "quotes", "polygon").to_pandas(), window=5, k=2.0)
+    per_quote = per_quote.dropna(subset=["label"])
+    checked = 0
+    for symbol, rows in table.groupby("symbol"):
+        mine = per_quote[per_quote["symbol"] == symbol]
+        for (_, bar), next_ts in zip(rows.iterrows(), [*rows["ts"].iloc[1:], None], strict=True):
+            if next_ts is None:  # the symbol's last bar
+                judged = mine[:0]
+            else:
+                judged = mine[(mine["t1"] >= next_ts) & (mine["t1"] < next_ts + MIN)]
+            if judged.empty:
+                assert math.isnan(bar["spread_label"]) and bar["spread_t1"] is pd.NaT
+                continue
+            assert bar["spread_label"] == judged["label"].max() and bar["spread_t1"] == judged["t1"].max()
+            # t1 lies between the bar's close and the next bar's end.
+            assert bar["ts"] + MIN <= bar["spread_t1"] < bar["ts"] + 2 * MIN
+            checked += 1
+    # One quote a minute: a symbol's first 4 bars (their quote's window is not full yet) and its last
+    # bar have no label.
+    assert checked == len(US) * (20 - 5)
+    assert all(r.skipped for r in run_until_features(cfg, ("ingest", "validate", "labels")).values())
 
 
 def test_kite_depth_reaches_the_feature_table(kite_lake):

@@ -485,10 +485,13 @@ class RlRewardLabel(ExtraLabelSpec):
 
 
 class SpreadExplosionLabel(ExtraLabelSpec):
-    """Spread explosion (quotes): `<prefix>_label` = 1.0 when the next quote's spread exceeds mean +
-    k·std of the last `window` spreads; end time `<prefix>_t1`. The pipeline's labels stage receives
-    bars only, so `label.extra` rejects it; `quanto.labels.rewards.spread_explosion` computes it on
-    quotes."""
+    """Spread explosion in the next bar (quotes): `<prefix>_label` = 1.0 when a quote inside the
+    symbol's next bar has a spread above mean + k·std of the `window` spreads before it, 0.0 when
+    none has, NaN when the next bar has no quote to judge; end time `<prefix>_t1` = the last quote
+    judged (defaults: spread_label, spread_t1). Per quote it is
+    `quanto.labels.rewards.spread_explosion`; the bar-level rule and why are in
+    `quanto.labels.extra.spread_explosion_by_bar`. Needs the job's validated quotes:
+    features.microstructure with source quotes and universe.vendor lake."""
 
     kind: Literal["spread_explosion"] = "spread_explosion"
     prefix: str = _prefix("spread")
@@ -536,7 +539,8 @@ class LabelConfig(Strict):
         default_factory=list,
         description="more targets in the same gold labels table, each as its own prefixed columns "
         "with end times: forward_returns, next_bar_range, direction, triple_barrier, meta, "
-        "volatility_regime, hmm_regime, rl_reward",
+        "volatility_regime, hmm_regime, rl_reward, spread_explosion (needs features.microstructure "
+        "with source quotes)",
     )
 
     @field_validator("extra")
@@ -544,11 +548,6 @@ class LabelConfig(Strict):
     def _extra_columns(cls, v: list[ExtraLabelSpec]) -> list[ExtraLabelSpec]:
         owner = dict.fromkeys(LABEL_COLUMNS, "the training label")
         for i, spec in enumerate(v):
-            if isinstance(spec, SpreadExplosionLabel):
-                raise ValueError(
-                    f"extra[{i}]: spread_explosion needs quotes, and the labels stage receives bars only; "
-                    "compute it on quotes with quanto.labels.rewards.spread_explosion"
-                )
             for column in spec.columns():
                 if column in owner:
                     raise ValueError(
@@ -967,6 +966,21 @@ class PipelineConfig(Strict):
                 raise ValueError(
                     f"label.extra[{i}].fit_bars ({fit}) must not exceed walk_forward.train_bars "
                     f"({self.walk_forward.train_bars}): the first fold would test on rows the regimes were fitted on"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _spread_label_has_quotes(self) -> PipelineConfig:
+        """A spread_explosion target reads the validated quotes, which the validate stage carries only
+        for features.microstructure with source quotes from the lake."""
+        micro = self.features.microstructure
+        carried = micro is not None and micro.source == "quotes" and self.universe.vendor == "lake"
+        for i, extra in enumerate(self.label.extra):
+            if isinstance(extra, SpreadExplosionLabel) and not carried:
+                raise ValueError(
+                    f"label.extra[{i}] (spread_explosion) needs quotes, which the validated data carries only "
+                    "when the job sets features.microstructure: {source: quotes} with universe.vendor: lake "
+                    "(quotes brought in by `quanto data ingest`); add both or drop the target"
                 )
         return self
 

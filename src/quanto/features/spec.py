@@ -62,9 +62,11 @@ def register(
     """Decorator registering `fn(bars, **params)` as feature `name`; returns `fn` unchanged.
 
     The stored `FeatureSpec.fn` has `params` bound, so one function can back several registrations
-    (`register("sma_ratio_5", params={"timeperiod": 5}, ...)(sma_ratio)`). `bounded` declares whether
-    the value at t depends on the last `lookback` rows only (incremental computation relies on it);
-    leave it None to have it probed. Raises ValueError for a
+    (`register("sma_ratio_5", params={"timeperiod": 5}, ...)(sma_ratio)`). `bounded=True` declares
+    that the value at t is computed from the last `lookback` rows alone, window by window, with no
+    running state, so incremental computation may start `lookback` rows back and the engine may run
+    it over many symbols laid end to end; `False`, that it needs the whole history; None (the
+    default) has both probed (`engine.is_bounded`, `engine.is_batchable`). Raises ValueError for a
     repeated, reserved or badly formed name, or a negative lookback.
     """
     if not _NAME_RE.match(name):
