@@ -93,6 +93,10 @@ def top_up(bars, names: list[str], peer_name: str, peer) -> dict:
 
 
 def main() -> None:
+    import structlog
+
+    # The store logs its coverage; stdout is for the JSON result lines only.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     bars = build_daily(SYMBOLS, DAILY_DAYS)
     cases = (
         ("features_default_daily_top_up", list(DEFAULT_FEATURES), "talib-per-symbol (full recompute)", talib_per_symbol),
