@@ -338,37 +338,33 @@ def _market_values(st):
 
 
 @njit(cache=True, inline="always")
-def _decide(t, has, close, target, kind, st, equity, liquidating, fractional, drift):
-    """Decisions of the symbols with a bar at t become pending orders (module docstring); `equity` is
-    cash + long + short at this close."""
-    n = st.shape[1]
-    if not liquidating[0] and equity <= 0.0:
-        liquidating[0] = True
-        for j in range(n):
-            st[_S_PENDING, j] = 0.0 if st[_S_QTY, j] != 0.0 else math.nan  # entries still pending are dropped
-            st[_S_REASON, j] = LIQUIDATION
-    if liquidating[0]:
-        return
-    reason = SIGNAL if kind <= SIGNAL_QTY else REBALANCE
-    for j in range(n):
-        if not has[t, j]:
-            continue
-        goal = target[t, j]
-        st[_S_PENDING, j] = math.nan
-        if math.isnan(goal):
-            continue
-        side = np.sign(goal)
-        if st[_S_BLOCKED, j] != 0.0:
-            if side == st[_S_BLOCKED, j]:
-                continue
-            st[_S_BLOCKED, j] = 0.0
-        q = st[_S_QTY, j]
-        if kind <= SIGNAL_QTY and side == np.sign(q):
-            continue  # a standing signal holds its position (`needs_order`), no need to size it
-        wanted = target_quantity(kind, goal, equity, close[t, j], fractional)
-        if needs_order(kind, goal, q, wanted, close[t, j], equity, drift):
-            st[_S_PENDING, j] = wanted
-            st[_S_REASON, j] = reason
+def _decision(kind, goal, qty, blocked, price, equity, fractional, drift):
+    """(the target units of the order that the decision `goal` places for a position of `qty` units,
+    NaN for none; the side still blocked after a stop): the rules of the module docstring for one
+    symbol with a bar at this close, whose `price` and portfolio `equity` size it. Scalars only:
+    array arguments of an inlined function cost reference counting on every bar."""
+    if math.isnan(goal):
+        return math.nan, blocked
+    side = np.sign(goal)
+    if blocked != 0.0:
+        if side == blocked:
+            return math.nan, blocked
+        blocked = 0.0
+    if kind <= SIGNAL_QTY and side == np.sign(qty):
+        return math.nan, blocked  # a standing signal holds its position (`needs_order`), no need to size it
+    wanted = target_quantity(kind, goal, equity, price, fractional)
+    if needs_order(kind, goal, qty, wanted, price, equity, drift):
+        return wanted, blocked
+    return math.nan, blocked
+
+
+@njit(cache=True)
+def _liquidate(st):
+    """Equity ≤ 0 at a decision point: every position is closed at its symbol's next fill; entries
+    still pending are dropped."""
+    for j in range(st.shape[1]):
+        st[_S_PENDING, j] = 0.0 if st[_S_QTY, j] != 0.0 else math.nan
+        st[_S_REASON, j] = LIQUIDATION
 
 
 @njit(cache=True)
@@ -413,6 +409,15 @@ def _check_stops(t, has, open_, high, low, bid, ask, st, book, fills, trades, co
 
 
 @njit(cache=True)
+def _grown(records, used, more):
+    """A copy of the first `used` rows of `records` in an uninitialized buffer at least twice as long,
+    with room for `more` rows after them."""
+    grown = np.empty((max(2 * records.shape[0], used + more), records.shape[1]))
+    grown[:used] = records[:used]
+    return grown
+
+
+@njit(cache=True)
 def _kernel(
     open_, high, low, close, bid, ask, has, target, kind, timing, last_row,
     initial_capital, cost, exits, use_stops, borrow_rate, periods_per_year,
@@ -422,18 +427,16 @@ def _kernel(
     no bar; returns cash, long and short value per row, the fill, trade and scaled-order records, and
     each symbol's final position and last close."""
     n_rows, n = close.shape
-    nnz = 0
-    for t in range(n_rows):
-        for j in range(n):
-            if has[t, j]:
-                nnz += 1
-    # Record buffers at their worst-case size, uninitialized: the pages never written are never used.
-    fills = np.empty((2 * nnz + n + 1, 9))
-    trades = np.empty((2 * nnz + n + 1, 13))
-    scaled = np.empty((nnz + n + 1, 4))
+    # Record buffers, uninitialized, grown (doubled) between runs of rows that surely fit: a row adds at
+    # most 4 fills (and as many trades) and 2 scaled orders per symbol. Worst-case buffers (two fills
+    # per bar) would be fresh memory, paged in on every run.
+    fills = np.empty((4096 + 4 * n, 9))
+    trades = np.empty((4096 + 4 * n, 13))
+    scaled = np.empty((1024 + 2 * n, 4))
     counts = np.zeros(3, dtype=np.int64)
     book = np.array([initial_capital])
-    liquidating = np.zeros(1, dtype=np.bool_)
+    liquidating = False
+    reason = SIGNAL if kind <= SIGNAL_QTY else REBALANCE
     st = np.zeros((9, n))
     st[_S_LAST, :] = math.nan
     st[_S_PENDING, :] = math.nan
@@ -443,57 +446,92 @@ def _kernel(
     long_value = np.empty(n_rows)
     short_value = np.empty(n_rows)
 
-    for t in range(n_rows):
-        for j in range(n):
-            if has[t, j]:
-                st[_S_BAR, j] += 1.0
-        if timing == NEXT_OPEN and _any_pending(t, has, st):
-            _fill_pending(
-                t, True, has, open_, close, bid, ask, st, book, fills, trades, scaled, counts, cost,
-                max_leverage, fractional,
-            )  # fmt: skip
-        if use_stops:
-            _check_stops(t, has, open_, high, low, bid, ask, st, book, fills, trades, counts, cost, exits)
-        for j in range(n):
-            if has[t, j]:
-                st[_S_LAST, j] = close[t, j]
-        if borrow_rate > 0.0:
+    row = 0
+    while row < n_rows:
+        if fills.shape[0] - counts[0] < 4 * n:
+            fills = _grown(fills, counts[0], 4 * n)
+        if trades.shape[0] - counts[1] < 4 * n:
+            trades = _grown(trades, counts[1], 4 * n)
+        if scaled.shape[0] - counts[2] < 2 * n:
+            scaled = _grown(scaled, counts[2], 2 * n)
+        room = min((fills.shape[0] - counts[0]) // 4, (trades.shape[0] - counts[1]) // 4)
+        end = min(n_rows, row + min(room, (scaled.shape[0] - counts[2]) // 2) // n)
+        for t in range(row, end):
             for j in range(n):
-                fee = borrow_fee(st[_S_QTY, j], st[_S_LAST, j], borrow_rate, periods_per_year)
-                if fee > 0.0:
-                    book[0] -= fee
-                    tr = int(st[_S_TRADE, j])
-                    trades[tr, _T_COSTS] += fee
-                    trades[tr, _T_FLOW] -= fee
-        if timing == THIS_CLOSE:
+                if has[t, j]:
+                    st[_S_BAR, j] += 1.0
+            if timing == NEXT_OPEN and _any_pending(t, has, st):
+                _fill_pending(
+                    t, True, has, open_, close, bid, ask, st, book, fills, trades, scaled, counts, cost,
+                    max_leverage, fractional,
+                )  # fmt: skip
+            if use_stops:
+                _check_stops(t, has, open_, high, low, bid, ask, st, book, fills, trades, counts, cost, exits)
+            for j in range(n):
+                if has[t, j]:
+                    st[_S_LAST, j] = close[t, j]
+            if borrow_rate > 0.0:
+                for j in range(n):
+                    fee = borrow_fee(st[_S_QTY, j], st[_S_LAST, j], borrow_rate, periods_per_year)
+                    if fee > 0.0:
+                        book[0] -= fee
+                        tr = int(st[_S_TRADE, j])
+                        trades[tr, _T_COSTS] += fee
+                        trades[tr, _T_FLOW] -= fee
+            if timing == THIS_CLOSE:  # 5a: decisions of this close (as at step 8 below)
+                lv, sv = _market_values(st)
+                equity = book[0] + lv + sv
+                if not liquidating and equity <= 0.0:
+                    liquidating = True
+                    _liquidate(st)
+                for j in range(n):
+                    if has[t, j] and not liquidating:
+                        order, st[_S_BLOCKED, j] = _decision(
+                            kind, target[t, j], st[_S_QTY, j], st[_S_BLOCKED, j], close[t, j], equity,
+                            fractional, drift,
+                        )  # fmt: skip
+                        st[_S_PENDING, j] = order
+                        if not math.isnan(order):
+                            st[_S_REASON, j] = reason
+            if timing != NEXT_OPEN and _any_pending(t, has, st):
+                _fill_pending(
+                    t, False, has, open_, close, bid, ask, st, book, fills, trades, scaled, counts, cost,
+                    max_leverage, fractional,
+                )  # fmt: skip
+            if close_at_end:
+                for j in range(n):
+                    if last_row[j] == t and st[_S_QTY, j] != 0.0:
+                        q = st[_S_QTY, j]
+                        _execute(
+                            j, t, 0.0, close[t, j], _spread(bid, ask, t, j), float(CLOSE_AT_END), q, True,
+                            st, book, fills, trades, counts, cost,
+                        )  # fmt: skip
+                        st[_S_PENDING, j] = math.nan
             lv, sv = _market_values(st)
-            _decide(t, has, close, target, kind, st, book[0] + lv + sv, liquidating, fractional, drift)
-        if timing != NEXT_OPEN and _any_pending(t, has, st):
-            _fill_pending(
-                t, False, has, open_, close, bid, ask, st, book, fills, trades, scaled, counts, cost,
-                max_leverage, fractional,
-            )  # fmt: skip
-        if close_at_end:
-            for j in range(n):
-                if last_row[j] == t and st[_S_QTY, j] != 0.0:
-                    q = st[_S_QTY, j]
-                    _execute(
-                        j, t, 0.0, close[t, j], _spread(bid, ask, t, j), float(CLOSE_AT_END), q, True,
-                        st, book, fills, trades, counts, cost,
-                    )  # fmt: skip
-                    st[_S_PENDING, j] = math.nan
-        lv, sv = _market_values(st)
-        cash[t] = book[0]
-        long_value[t] = lv
-        short_value[t] = sv
-        if timing != THIS_CLOSE:
-            _decide(t, has, close, target, kind, st, book[0] + lv + sv, liquidating, fractional, drift)
+            cash[t] = book[0]
+            long_value[t] = lv
+            short_value[t] = sv
+            if timing != THIS_CLOSE:  # 8: decisions of this close become orders for the next bars
+                equity = book[0] + lv + sv
+                if not liquidating and equity <= 0.0:
+                    liquidating = True
+                    _liquidate(st)
+                for j in range(n):
+                    if has[t, j] and not liquidating:
+                        order, st[_S_BLOCKED, j] = _decision(
+                            kind, target[t, j], st[_S_QTY, j], st[_S_BLOCKED, j], close[t, j], equity,
+                            fractional, drift,
+                        )  # fmt: skip
+                        st[_S_PENDING, j] = order
+                        if not math.isnan(order):
+                            st[_S_REASON, j] = reason
+        row = end
 
     return (
         cash,
         long_value,
         short_value,
-        fills[: counts[0]].copy(),  # copies free the worst-case buffers
+        fills[: counts[0]].copy(),  # copies free the grown buffers
         trades[: counts[1]].copy(),
         scaled[: counts[2]].copy(),
         st[_S_QTY].copy(),
@@ -513,6 +551,8 @@ class _Grid:
     ts: np.ndarray  # int64 ns, sorted unique
     symbols: list[str]
     has: np.ndarray
+    # Price grids are read-only (one compiled kernel for every run); open, high, low, bid and ask may
+    # be views of the bars' columns (they are read during the run only), close is the engine's own.
     open: np.ndarray
     high: np.ndarray
     low: np.ndarray
@@ -735,15 +775,45 @@ def _labels(names: Sequence[str], codes: np.ndarray) -> pd.api.extensions.Extens
     return pd.Index(list(names), dtype="str").take(codes).array
 
 
-def _timestamps(ns: np.ndarray) -> pd.DatetimeIndex:
-    """int64 nanoseconds since the epoch → UTC timestamps."""
-    return pd.DatetimeIndex(ns.view("datetime64[ns]"), tz="UTC")
+_UTC_NS = pd.DatetimeTZDtype("ns", "UTC")
+
+
+def _timestamps(ns: np.ndarray) -> pd.api.extensions.ExtensionArray:
+    """int64 nanoseconds since the epoch → UTC timestamps: a view of `ns`, which the engine never
+    writes again. pandas' public constructors copy (and a fresh million-row column costs more in
+    page faults than building it); where the private one is missing or changed, they are used."""
+    values = ns.view("datetime64[ns]")
+    try:
+        return pd.arrays.DatetimeArray._simple_new(values, dtype=_UTC_NS)
+    except (AttributeError, TypeError, AssertionError):
+        return pd.DatetimeIndex(values, tz="UTC").array
 
 
 def _utc_ns(ts: pd.Series) -> np.ndarray:
-    """Timestamps as int64 nanoseconds since the epoch, UTC (naive values are read as UTC)."""
+    """Timestamps as int64 nanoseconds since the epoch, UTC (naive values are read as UTC), in an
+    array of its own (never a view of the frame)."""
+    values = ts.array
+    if isinstance(values, pd.arrays.DatetimeArray):
+        # datetime64 values (naive, or tz-aware: stored as UTC) are epoch offsets already; only the
+        # unit may need converting (pandas defaults to microseconds), which as_unit checks for overflow.
+        return values.asi8.copy() if values.unit == "ns" else values.as_unit("ns").asi8
     utc = pd.DatetimeIndex(pd.to_datetime(ts, utc=True)).as_unit("ns")
     return utc.asi8
+
+
+def _same_memory(a: pd.Series, b: pd.Series) -> bool:
+    """Whether two datetime columns are views of the same memory (so hold the same values): decisions
+    made from the bars' own (symbol, ts) columns share them."""
+    x, y = a.array, b.array
+    if not (isinstance(x, pd.arrays.DatetimeArray) and isinstance(y, pd.arrays.DatetimeArray)):
+        return False
+    u, v = x.asi8, y.asi8
+    return (
+        x.dtype == y.dtype
+        and u.shape == v.shape
+        and u.strides == v.strides
+        and u.__array_interface__["data"][0] == v.__array_interface__["data"][0]
+    )
 
 
 def _require(df: pd.DataFrame, columns: tuple[str, ...], name: str) -> None:
@@ -759,19 +829,59 @@ def _decision_kind(decisions: pd.DataFrame) -> str:
     return present[0]
 
 
-def _symbol_codes(column: pd.Series, symbols: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
-    """(index of each row's symbol in `symbols`, −1 for others; `symbols`, by default the column's
-    sorted distinct names)."""
+@njit(cache=True)
+def _evenly_spaced(offsets):
+    """Whether consecutive `offsets` all differ by the same step (no early exit: it vectorizes)."""
+    step = offsets[1] - offsets[0]
+    even = True
+    for i in range(1, offsets.size):
+        even &= offsets[i] - offsets[i - 1] == step
+    return even
+
+
+def _one_name(names: pa.Array | pa.ChunkedArray) -> bool:
+    """Whether every row holds the first row's name (none null, at least one row)."""
+    if not len(names) or names.null_count:
+        return False
+    if isinstance(names, pa.ChunkedArray) and names.num_chunks == 1:
+        names = names.chunk(0)
+    if isinstance(names, pa.Array) and (
+        pa.types.is_string(names.type) or pa.types.is_large_string(names.type)
+    ):
+        # From the string buffers, without a Python object or a comparison per row (Arrow comparing a
+        # million strings takes over 10x longer): every string as long as the first, and the bytes
+        # repeating with that period.
+        width = np.int32 if pa.types.is_string(names.type) else np.int64
+        _, offsets, data = names.buffers()
+        offsets = np.frombuffer(offsets, dtype=width)[names.offset : names.offset + len(names) + 1]
+        if not _evenly_spaced(offsets.astype(np.int64, copy=False)):
+            return False
+        size, lo, hi = int(offsets[1] - offsets[0]), int(offsets[0]), int(offsets[-1])
+        if size == 0:
+            return True
+        data = np.frombuffer(data, dtype=np.uint8)
+        return bool(np.array_equal(data[lo + size : hi], data[lo : hi - size]))
+    return bool(pc.all(pc.equal(names, names[0])).as_py())
+
+
+def _symbol_codes(column: pd.Series, symbols: list[str] | None = None) -> tuple[np.ndarray | int, list[str]]:
+    """(index of each row's symbol in `symbols`, −1 for others — one int when every row has the same
+    name; `symbols`, by default the column's sorted distinct names)."""
     names = pa.array(column)
-    if len(names) and not names.null_count and pc.all(pc.equal(names, names[0])).as_py():
+    if _one_name(names):
         only = names[0].as_py()  # one name (a single-asset run): no lookup per row
         symbols = [only] if symbols is None else symbols
-        return np.full(len(names), symbols.index(only) if only in symbols else -1, dtype=np.int64), symbols
+        return (symbols.index(only) if only in symbols else -1), symbols
     if symbols is None:
         symbols = sorted(pc.unique(names).cast(pa.string()).to_pylist())
     # Arrow looks each row up in the small set of names: faster than hashing a million Python strings.
     found = pc.index_in(names, value_set=pa.array(symbols, type=names.type))
     return pc.fill_null(found, -1).to_numpy().astype(np.int64), symbols
+
+
+def _code_array(codes: np.ndarray | int, n: int) -> np.ndarray:
+    """`_symbol_codes`' codes as one int64 per row."""
+    return np.full(n, codes, dtype=np.int64) if isinstance(codes, int) else codes
 
 
 @njit(cache=True)
@@ -847,31 +957,93 @@ def _scatter(rows, codes, keep, values, n_rows, n_cols):
     return out, bad
 
 
-def _bar_grid(bars: pd.DataFrame, symbols: list[str], start: int, end: int, need_range: bool) -> _Grid:
-    ts = _utc_ns(bars["ts"])
-    codes, _ = _symbol_codes(bars["symbol"], symbols)
-    keep = (codes >= 0) & (ts >= start) & (ts <= end)
-    if not keep.all():
-        codes, ts = codes[keep], ts[keep]
-    grid, rows = _grid_rows(ts)
-    n_rows, n_cols = grid.size, len(symbols)
-    has, repeated = _occupancy(rows, codes, n_rows, n_cols)
-    if repeated:
-        raise ValueError(f"bars have {repeated} duplicate (symbol, ts) rows")
+@njit(cache=True)
+def _strictly_ascending(ts):
+    """Whether every value of `ts` is above the one before (no early exit: it vectorizes)."""
+    ascending = True
+    for i in range(1, ts.size):
+        ascending &= ts[i] > ts[i - 1]
+    return ascending
 
-    def dense(column: str, check: bool) -> np.ndarray:
+
+@njit(cache=True)
+def _column(values, lo, hi):
+    """A copy of `values[lo:hi]` as a one-column grid. Allocated by numba: numpy asks the kernel for
+    transparent huge pages for arrays this large, which can stall on memory compaction."""
+    out = np.empty((hi - lo, 1))
+    for i in range(lo, hi):
+        out[i - lo, 0] = values[i]
+    return out
+
+
+@njit(cache=True)
+def _first_bad(values, lo, hi):
+    """Index of the first of `values[lo:hi]` that is not a finite positive price, −1 when all are
+    (one branch-free pass first, which vectorizes)."""
+    valid = True
+    for i in range(lo, hi):
+        v = values[i]
+        valid &= (v > 0.0) & (v < math.inf)
+    if not valid:
+        for i in range(lo, hi):
+            v = values[i]
+            if not (v > 0.0 and v < math.inf):
+                return i
+    return -1
+
+
+def _bar_grid(
+    bars: pd.DataFrame,
+    symbols: list[str],
+    start: int,
+    end: int,
+    need_range: bool,
+    ts: np.ndarray | None = None,
+) -> _Grid:
+    """The traded symbols' bars inside [start, end] on the grid; `ts`: the bars' `_utc_ns` when known."""
+    ts = _utc_ns(bars["ts"]) if ts is None else ts
+    codes, _ = _symbol_codes(bars["symbol"], symbols)
+    n_cols = len(symbols)
+    if isinstance(codes, int) and codes == 0 and n_cols == 1 and _strictly_ascending(ts):
+        # One symbol's bars in time order (a single-asset run): the window is a slice, every grid
+        # row holds a bar and no (symbol, ts) repeats, so the grid is the bars themselves.
+        lo, hi = int(np.searchsorted(ts, start, "left")), int(np.searchsorted(ts, end, "right"))
+        grid = ts if lo == 0 and hi == ts.size else ts[lo:hi]
+        has = np.ones((grid.size, 1), dtype=np.bool_)
+
+        def cells(values: np.ndarray, copy: bool) -> tuple[np.ndarray, int]:
+            part = _column(values, lo, hi) if copy else np.ascontiguousarray(values[lo:hi].reshape(-1, 1))
+            return part, _first_bad(values, lo, hi)
+    else:
+        codes = _code_array(codes, ts.size)
+        keep = (codes >= 0) & (ts >= start) & (ts <= end)
+        if not keep.all():
+            codes, ts = codes[keep], ts[keep]
+        grid, rows = _grid_rows(ts)
+        has, repeated = _occupancy(rows, codes, grid.size, n_cols)
+        if repeated:
+            raise ValueError(f"bars have {repeated} duplicate (symbol, ts) rows")
+
+        def cells(values: np.ndarray, copy: bool) -> tuple[np.ndarray, int]:
+            return _scatter(rows, codes, keep, values, grid.size, n_cols)
+
+    def dense(column: str, check: bool, copy: bool = False) -> np.ndarray:
+        """The column on the grid, read-only; a view of the bars where it can be unless `copy`."""
         values = bars[column].to_numpy(dtype=float)
-        out, bad = _scatter(rows, codes, keep, values, n_rows, n_cols)
+        out, bad = cells(values, copy)
         if check and bad >= 0:
             raise ValueError(
                 f"bars inside the backtest window need finite, positive {column} prices; "
                 f"{bars['symbol'].iloc[bad]} at {bars['ts'].iloc[bad]} has {values[bad]}"
             )
+        out.flags.writeable = False
         return out
 
-    close = dense("close", True)
+    # Only the closes are read after the run (positions), so only they must not be a view of the bars.
+    close = dense("close", True, copy=True)
     quoted = "bid" in bars.columns and "ask" in bars.columns
     no_quote = np.empty((0, n_cols))
+    no_quote.flags.writeable = False
     return _Grid(
         ts=grid,
         symbols=symbols,
@@ -912,13 +1084,27 @@ def _decision_cells(grid_ts, has, ts, codes, values, missing):
 
 
 def _decision_grid(
-    decisions: pd.DataFrame, kind: str, ts: np.ndarray, codes: np.ndarray, grid: _Grid
+    decisions: pd.DataFrame, kind: str, ts: np.ndarray, codes: np.ndarray | int, grid: _Grid
 ) -> np.ndarray:
     """The decisions on the grid (NaN where none; a bar without a signal row holds signal 0, flat,
     as a missing prediction means no signal); every decision must match a bar, once."""
     values = decisions[kind].to_numpy(dtype=float)
+    if (
+        isinstance(codes, int)
+        and codes == 0
+        and grid.has.shape[1] == 1
+        and (ts is grid.ts or np.array_equal(ts, grid.ts))
+        and grid.has.all()
+    ):
+        # One symbol with a decision on each of its bars, in their order (the grid's ts are unique):
+        # each decision is its bar's cell. Signals are only read (sized into new target arrays); a
+        # target grid goes to the kernel as it is, which takes a writable one (one compiled kernel).
+        out = values.reshape(-1, 1)
+        return out if kind == "signal" or out.flags.writeable else out.copy()
     missing = 0.0 if kind == "signal" else math.nan
-    out, unmatched, repeated = _decision_cells(grid.ts, grid.has, ts, codes, values, missing)
+    out, unmatched, repeated = _decision_cells(
+        grid.ts, grid.has, ts, _code_array(codes, ts.size), values, missing
+    )
     if unmatched:
         raise ValueError(f"{unmatched} decisions have no bar with the same (symbol, ts)")
     if repeated:
@@ -926,15 +1112,31 @@ def _decision_grid(
     return out
 
 
+@njit(cache=True)
+def _decision_faults(values):
+    """(how many values are not −1, 0 or 1 — NaN included: a signal row is a decision —, how many are
+    ±inf, how many are negative); counted without branches, so it vectorizes."""
+    not_signal = 0
+    infinite = 0
+    negative = 0
+    for i in range(values.size):
+        v = values[i]
+        not_signal += not (v == -1.0 or v == 0.0 or v == 1.0)
+        infinite += abs(v) == math.inf
+        negative += v < 0.0
+    return not_signal, infinite, negative
+
+
 def _check_decisions(values: np.ndarray, kind: str, cfg: BacktestConfig) -> None:
+    not_signal, infinite, negative = _decision_faults(values)
     if kind == "signal":
-        bad = values[(values != -1.0) & (values != 0.0) & (values != 1.0)]  # NaN too: a row is a decision
-        if bad.size:
+        if not_signal:
+            bad = values[(values != -1.0) & (values != 0.0) & (values != 1.0)]  # NaN too
             raise ValueError(f"decisions.signal must be -1, 0 or 1, got {bad[:5].tolist()}")
-    elif np.isinf(values).any():
+    elif infinite:
         raise ValueError(f"decisions.{kind} must be finite (NaN means no decision), got inf")
-    shorts = values[values < 0]
-    if cfg.mode == "long_flat" and shorts.size:
+    if cfg.mode == "long_flat" and negative:
+        shorts = values[values < 0]
         raise ValueError(
             f"decisions.{kind} has short values (e.g. {shorts[0]}) but backtest.mode is long_flat"
         )
@@ -1053,7 +1255,8 @@ def simulate(
     decision_ts = _utc_ns(decisions["ts"])
     start, end = int(decision_ts.min()), int(decision_ts.max())
     codes, symbols = _symbol_codes(decisions["symbol"])
-    grid = _bar_grid(bars, symbols, start, end, use_stops)
+    same_ts = _same_memory(bars["ts"], decisions["ts"])  # decisions made on the bars' own rows
+    grid = _bar_grid(bars, symbols, start, end, use_stops, decision_ts if same_ts else None)
     raw = _decision_grid(decisions, kind, decision_ts, codes, grid)
     if kind == "signal":
         target, kind_code = signal_targets(raw, grid.close, grid.has, cfg, len(symbols), ppy)
