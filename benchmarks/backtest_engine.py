@@ -42,6 +42,7 @@ spends the rest turning long (symbol, ts) frames into the grid, validating them,
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -103,9 +104,13 @@ def race(ours_fn: Callable[[], object], peer_fn: Callable[[], object], reps: int
     ours_fn(), peer_fn()
     ours_s, peer_s = [], []
     for _ in range(reps):
+        # Outside the timed sections: vectorbt's results are freed only by the cycle collector, and
+        # their piled-up memory otherwise sends the next run's arrays to fresh pages (page faults).
+        gc.collect()
         t = time.perf_counter()
         mine = ours_fn()
         ours_s.append(time.perf_counter() - t)
+        gc.collect()
         t = time.perf_counter()
         theirs = peer_fn()
         peer_s.append(time.perf_counter() - t)
