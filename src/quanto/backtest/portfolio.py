@@ -358,6 +358,26 @@ def _decision(kind, goal, qty, blocked, price, equity, fractional, drift):
     return math.nan, blocked
 
 
+@njit(cache=True, inline="always")
+def _decide_bar(t, has, target, close, st, equity, liquidating, kind, fractional, drift, reason):
+    """The decisions of bar t's close (step 5a or 8 of the module docstring): liquidate once equity
+    is gone, else turn each symbol's decision into its pending order. Returns `liquidating`."""
+    if not liquidating and equity <= 0.0:
+        liquidating = True
+        _liquidate(st)
+    if liquidating:
+        return liquidating
+    for j in range(st.shape[1]):
+        if has[t, j]:
+            order, st[_S_BLOCKED, j] = _decision(
+                kind, target[t, j], st[_S_QTY, j], st[_S_BLOCKED, j], close[t, j], equity, fractional, drift
+            )
+            st[_S_PENDING, j] = order
+            if not math.isnan(order):
+                st[_S_REASON, j] = reason
+    return liquidating
+
+
 @njit(cache=True)
 def _liquidate(st):
     """Equity ≤ 0 at a decision point: every position is closed at its symbol's next fill; entries
@@ -480,19 +500,9 @@ def _kernel(
                         trades[tr, _T_FLOW] -= fee
             if timing == THIS_CLOSE:  # 5a: decisions of this close (as at step 8 below)
                 lv, sv = _market_values(st)
-                equity = book[0] + lv + sv
-                if not liquidating and equity <= 0.0:
-                    liquidating = True
-                    _liquidate(st)
-                for j in range(n):
-                    if has[t, j] and not liquidating:
-                        order, st[_S_BLOCKED, j] = _decision(
-                            kind, target[t, j], st[_S_QTY, j], st[_S_BLOCKED, j], close[t, j], equity,
-                            fractional, drift,
-                        )  # fmt: skip
-                        st[_S_PENDING, j] = order
-                        if not math.isnan(order):
-                            st[_S_REASON, j] = reason
+                liquidating = _decide_bar(
+                    t, has, target, close, st, book[0] + lv + sv, liquidating, kind, fractional, drift, reason
+                )
             if timing != NEXT_OPEN and _any_pending(t, has, st):
                 _fill_pending(
                     t, False, has, open_, close, bid, ask, st, book, fills, trades, scaled, counts, cost,
@@ -512,19 +522,9 @@ def _kernel(
             long_value[t] = lv
             short_value[t] = sv
             if timing != THIS_CLOSE:  # 8: decisions of this close become orders for the next bars
-                equity = book[0] + lv + sv
-                if not liquidating and equity <= 0.0:
-                    liquidating = True
-                    _liquidate(st)
-                for j in range(n):
-                    if has[t, j] and not liquidating:
-                        order, st[_S_BLOCKED, j] = _decision(
-                            kind, target[t, j], st[_S_QTY, j], st[_S_BLOCKED, j], close[t, j], equity,
-                            fractional, drift,
-                        )  # fmt: skip
-                        st[_S_PENDING, j] = order
-                        if not math.isnan(order):
-                            st[_S_REASON, j] = reason
+                liquidating = _decide_bar(
+                    t, has, target, close, st, book[0] + lv + sv, liquidating, kind, fractional, drift, reason
+                )
         row = end
 
     return (

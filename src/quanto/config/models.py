@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+from abc import abstractmethod
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -300,9 +301,9 @@ class ExtraLabelSpec(Strict):
     kind: str
     prefix: str
 
+    @abstractmethod
     def column_groups(self) -> dict[str, tuple[str, ...]]:
         """End-time column → the label columns that end then, in table order."""
-        raise NotImplementedError
 
     def columns(self) -> list[str]:
         """Every column the target writes, in table order: each group's labels, then its t1."""

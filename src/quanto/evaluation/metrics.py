@@ -10,7 +10,6 @@ never NaN.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import numpy as np
@@ -18,20 +17,12 @@ import pandas as pd
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from quanto.backtest.metrics import performance_metrics
+from quanto.backtest.metrics import finite_or_none, performance_metrics
 
 Objective = Literal["regression", "classification"]
 
 # The names of `prediction_metrics`, in display order; stable, since reports and tests read them.
 METRIC_KEYS = ("n", "mse", "accuracy", "auc", "ic", "rank_ic", "sharpe")
-
-
-def finite_or_none(x: float | None) -> float | None:
-    """`x` as a Python float, or None when it is None, NaN or infinite (JSON has neither)."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def check_objective(objective: str) -> Objective:

@@ -320,8 +320,8 @@ class TreeEnsemble:
 
 class ForestModel(TabularModel):
     """A scikit-learn forest, regressor or classifier by objective; random_state = seed, n_jobs from
-    the config. Trees are grown in batches of `PROGRESS_EVERY` (warm start grows the same trees as one
-    fit) so that progress is reported. NaN features go to the trees where the installed scikit-learn
+    the config. Trees are grown in at most `FOREST_BATCHES` warm-start batches (warm start grows the
+    same trees as one fit) so that progress is reported. NaN features go to the trees where the installed scikit-learn
     supports it for the family, else the training median is imputed (and saved)."""
 
     files = ("forest.npz",)
