@@ -338,7 +338,7 @@ def _market_values(st):
 
 
 @njit(cache=True, inline="always")
-def _decision(kind, goal, qty, blocked, price, equity, fractional, drift):
+def order_target(kind, goal, qty, blocked, price, equity, fractional, drift):
     """(the target units of the order that the decision `goal` places for a position of `qty` units,
     NaN for none; the side still blocked after a stop): the rules of the module docstring for one
     symbol with a bar at this close, whose `price` and portfolio `equity` size it. Scalars only:
@@ -369,7 +369,7 @@ def _decide_bar(t, has, target, close, st, equity, liquidating, kind, fractional
         return liquidating
     for j in range(st.shape[1]):
         if has[t, j]:
-            order, st[_S_BLOCKED, j] = _decision(
+            order, st[_S_BLOCKED, j] = order_target(
                 kind, target[t, j], st[_S_QTY, j], st[_S_BLOCKED, j], close[t, j], equity, fractional, drift
             )
             st[_S_PENDING, j] = order

@@ -99,7 +99,9 @@ class RiskLimits(Strict):
     """Hard limits checked before every order (quanto.execution.risk); fractions are of equity."""
 
     max_order_notional: float = Field(100_000.0, gt=0, description="currency per order")
-    max_position_fraction: float = Field(0.05, gt=0, le=10, description="|position value| / equity per symbol")
+    max_position_fraction: float = Field(
+        0.05, gt=0, le=10, description="|position value| / equity per symbol"
+    )
     max_sector_fraction: float = Field(0.25, gt=0, le=10, description="|sector gross value| / equity")
     max_gross_leverage: float = Field(1.0, gt=0, description="gross exposure / equity")
     max_trades_per_minute: int = Field(120, ge=1, description="orders submitted in any 60 s")
@@ -140,7 +142,9 @@ class TradingConfig(Strict):
     @classmethod
     def _account(cls, v: str) -> str:
         if not _ACCOUNT.match(v):
-            raise ValueError(f"account must match {_ACCOUNT.pattern} (it is part of the workflow id), got {v!r}")
+            raise ValueError(
+                f"account must match {_ACCOUNT.pattern} (it is part of the workflow id), got {v!r}"
+            )
         return v
 
     @model_validator(mode="after")

@@ -12,3 +12,8 @@ MODE = SearchAttributeKey.for_keyword("QuantoMode")
 def run_attributes(kind: str, config: str) -> TypedSearchAttributes:
     """QuantoKind and QuantoConfig of a run, set when it starts (the UI can filter on them at once)."""
     return TypedSearchAttributes([SearchAttributePair(KIND, kind), SearchAttributePair(CONFIG, config)])
+
+
+def trading_attributes(account: str, mode: str) -> list:
+    """QuantoAccount and QuantoMode of a trading day, upserted when it starts (filter runs by account)."""
+    return [ACCOUNT.value_set(account), MODE.value_set(mode)]
