@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from quanto.execution.broker import Fill, Order, Position
+from quanto.reports.session import render_session_html
 from quanto.store import db
 from quanto.store import trading as tr
 
@@ -265,6 +266,9 @@ def test_session_records_returns_the_frames(conn, wf):
     assert frames["risk"]["action"].tolist() == ["approve", "refuse"]
     assert frames["positions"]["price"].tolist() == [102.0]
     assert frames["audit"]["kind"].tolist() == ["control", "order", "fill", "risk"]  # approvals not audited
+    # The frames are what the session report reads.
+    page = render_session_html(frames, {"account": ACCOUNT, "date": T0.date(), "state": "ACTIVE"})
+    assert "99,900.00" in page and "too big" in page
     # The book went flat at the close: the last snapshot is empty, not the earlier position.
     tr.record_positions(conn, wf, T0 + dt.timedelta(hours=6), [])
     assert tr.session_records(conn, wf)["positions"].empty
