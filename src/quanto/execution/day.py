@@ -33,21 +33,25 @@ def check_live(cfg: TradingConfig, confirmed: bool) -> None:
 
 
 def open_broker(cfg: TradingConfig) -> Broker:
-    """The job's broker: the Alpaca adapter on the local exchange (started when none runs) or Alpaca."""
-    from quanto.execution.alpaca import AlpacaBroker
+    """The job's broker: the Alpaca adapter on the local exchange (started when none runs; one
+    exchange account per Quanto account) or on Alpaca (keys from the environment)."""
+    from quanto.execution.alpaca import LOCAL_SECRET, AlpacaBroker
 
-    if cfg.broker.kind == "local" and cfg.broker.url is None:
-        from quanto.starter.exchange import ensure_exchange
+    if cfg.broker.kind == "local":
+        if cfg.broker.url is None:
+            from quanto.starter.exchange import ensure_exchange
 
-        ensure_exchange(cfg.broker.port)
-    return AlpacaBroker.from_env(cfg.broker, cfg.mode)
+            ensure_exchange(cfg.broker.port)
+        return AlpacaBroker(cfg.broker.base_url(cfg.mode), account_key(cfg), LOCAL_SECRET)
+    try:
+        return AlpacaBroker.from_env(cfg.broker, cfg.mode)
+    except ValueError as err:  # missing keys: retrying cannot fix it
+        raise InputError(f"account {cfg.account}: {err}") from err
 
 
 def account_key(cfg: TradingConfig) -> str:
-    """The local exchange's account key of this job (its API key id)."""
-    from quanto.execution.alpaca import local_key
-
-    return local_key(cfg.broker)
+    """The local exchange's account of a Quanto account: it keys accounts by API key id."""
+    return f"local-{cfg.account}"
 
 
 def production_model(dsn: str | None, job: str) -> str | None:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from quanto.config.trading import TradingConfig
+from quanto.config.trading import RiskLimits, TradingConfig
 from quanto.execution.broker import Broker, BrokerError, Fill, Order, OrderRequest, Position, client_order_id
 from quanto.execution.replay import bar_groups, bar_payload
 from quanto.execution.strategy import OrderPlan, SessionModel, plan_orders
@@ -110,6 +110,9 @@ class TradingLoop:
         self.opening_equity: float | None = None
         self.peak_equity = 0.0
         self.state = "ACTIVE"
+        self.limits_seen: dict | None = None
+        self.conn: Any = None  # the records connection, open while `run` runs
+        self.gate: Any = None  # the submission gate's connection
 
     # ----------------------------------------------------------------------------------- the loop
     def run(self, resume: dict | None = None) -> SessionStats:
@@ -119,8 +122,18 @@ class TradingLoop:
         groups = bar_groups(self.bars, self.open, self.close)
         if not groups:
             raise BrokerError(f"no bars between {self.open} and {self.close}: nothing to trade")
-        with self.db() as conn:
-            self.state = records.ensure_control(conn, self.workflow_id, self.account_name)
+        # Two autocommit connections for the session: records, and the submission gate's lock (a
+        # gate's transaction must hold nothing else, so its records go through the other one).
+        with self.db() as self.conn, self.db() as self.gate:
+            self.conn.autocommit = True
+            self.gate.autocommit = True
+            self.state = records.ensure_control(self.conn, self.workflow_id, self.account_name)
+            self._trade(groups, resume)
+        self.stats.state = self.state
+        return self.stats
+
+    def _trade(self, groups: list, resume: dict | None) -> None:
+        """Reconcile, then every bar after the resume point, paced to the replay speed."""
         done_until = pd.Timestamp(resume["bar_ts"]) if resume and resume.get("bar_ts") else None
         if resume:
             self.opening_equity = resume.get("opening_equity")
@@ -147,8 +160,6 @@ class TradingLoop:
                 )
             self.bar(ts, group, last=i == len(groups) - 1)
             self.heartbeat(self._checkpoint(ts))
-        self.stats.state = self.state
-        return self.stats
 
     def bar(self, ts: pd.Timestamp, group: pd.DataFrame, last: bool) -> None:
         """Steps 1–5 of the module docstring for the bars of one timestamp."""
@@ -215,7 +226,8 @@ class TradingLoop:
         projected = {s: p.qty for s, p in positions.items()}
         prices = {s: self.last_closes.get(s, p.current_price) for s, p in positions.items()}
         prices.update({p.symbol: p.price for p in plans})
-        with self.db() as conn, records.submission_gate(conn, self.workflow_id) as state:
+        conn = self.conn
+        with records.submission_gate(self.gate, self.workflow_id) as state:
             self.state = state
             for plan in plans:
                 cutoff = decided_at - dt.timedelta(seconds=60)
@@ -279,11 +291,6 @@ class TradingLoop:
                 records.record_order(
                     conn, self.workflow_id, self.account_name, order, intent=intent, decision_ts=decided_at
                 )
-                records.append_audit(
-                    conn, self.workflow_id, self.account_name, decided_at, "order",
-                    {"client_order_id": cid, "symbol": plan.symbol, "side": plan.side, "qty": plan.qty,
-                     "intent": intent, "status": order.status},
-                )  # fmt: skip
                 self.stats.orders += 1
                 metrics.count_order(self.account_name, "submitted")
 
@@ -297,33 +304,28 @@ class TradingLoop:
         open_ids = [cid for cid, o in self.orders.items() if o.is_open]
         if not new and not open_ids:
             return
-        with self.db() as conn:
-            for fill in new:
-                self.fills_seen.add(fill.fill_id or fill.order_id)
-                if records.record_fill(conn, self.workflow_id, self.account_name, fill):
-                    self.stats.fills += 1
-                    metrics.count_fill(self.account_name, fill.symbol)
-                    records.append_audit(
-                        conn, self.workflow_id, self.account_name, now, "fill",
-                        {"client_order_id": fill.client_order_id, "symbol": fill.symbol, "side": fill.side,
-                         "qty": fill.qty, "price": fill.price, "commission": fill.commission},
-                    )  # fmt: skip
-            current = (
-                {o.client_order_id: o for o in self.broker.orders("all", after=self.open)} if open_ids else {}
+        conn = self.conn
+        for fill in new:
+            self.fills_seen.add(fill.fill_id or fill.order_id)
+            if records.record_fill(conn, self.workflow_id, self.account_name, fill):
+                self.stats.fills += 1
+                metrics.count_fill(self.account_name, fill.symbol)
+        current = (
+            {o.client_order_id: o for o in self.broker.orders("all", after=self.open)} if open_ids else {}
+        )
+        for cid in open_ids:
+            order = current.get(cid)
+            if order is None or order.status == self.orders[cid].status:
+                continue
+            self.orders[cid] = order
+            intent, decided = self.intents.get(cid, ("rebalance", None))
+            records.record_order(
+                conn, self.workflow_id, self.account_name, order, intent=intent, decision_ts=decided
             )
-            for cid in open_ids:
-                order = current.get(cid)
-                if order is None or order.status == self.orders[cid].status:
-                    continue
-                self.orders[cid] = order
-                intent, decided = self.intents.get(cid, ("rebalance", None))
-                records.record_order(
-                    conn, self.workflow_id, self.account_name, order, intent=intent, decision_ts=decided
+            if order.status in ("filled", "canceled", "rejected", "expired"):
+                metrics.count_order(
+                    self.account_name, "cancelled" if order.status == "canceled" else order.status
                 )
-                if order.status in ("filled", "canceled", "rejected", "expired"):
-                    metrics.count_order(
-                        self.account_name, "cancelled" if order.status == "canceled" else order.status
-                    )
 
     def _account_risk(self, now: dt.datetime, equity: float, positions: dict[str, Position]) -> None:
         """Step 3: account-level limits; a state change is applied and reported."""
@@ -331,10 +333,13 @@ class TradingLoop:
         from quanto.observability import metrics
         from quanto.store import trading as records
 
-        with self.db() as conn:
-            control = records.control_state(conn, self.workflow_id)
+        control = records.control_state(self.conn, self.workflow_id)
         if control is not None:
             self.state = control["state"]
+        changed = records.risk_limits(self.conn, self.workflow_id)
+        if changed is not None and changed != self.limits_seen:  # the workflow's set_risk_limits update
+            self.cfg = self.cfg.model_copy(update={"risk": RiskLimits.model_validate(changed)})
+            self.limits_seen = changed
         view = RiskView(
             ts=now,
             state=self.state,  # type: ignore[arg-type]
@@ -351,16 +356,16 @@ class TradingLoop:
             metrics.count_risk_breach(self.account_name, event.rule)
         if not check.events:
             return
-        with self.db() as conn:
-            for event in check.events:
-                records.record_risk(
-                    conn, self.workflow_id, self.account_name, now, rule=event.rule, action=event.action,
-                    reason=event.reason, details={"value": event.value, "limit": event.limit},
-                )  # fmt: skip
-            if check.state != self.state:
-                reason = "; ".join(e.reason for e in check.events if e.action != "alert")
-                records.set_control(conn, self.workflow_id, check.state, reason, now)
-                self.state = check.state
+        conn = self.conn
+        for event in check.events:
+            records.record_risk(
+                conn, self.workflow_id, self.account_name, now, rule=event.rule, action=event.action,
+                reason=event.reason, details={"value": event.value, "limit": event.limit},
+            )  # fmt: skip
+        if check.state != self.state:
+            reason = "; ".join(e.reason for e in check.events if e.action != "alert")
+            records.set_control(conn, self.workflow_id, check.state, reason, now)
+            self.state = check.state
         if check.state == "HALTED":
             self.broker.cancel_all()
         for event in check.events:
@@ -391,12 +396,12 @@ class TradingLoop:
         net = sum(p.market_value for p in positions)
         pnl = account.equity - float(self.opening_equity or account.equity)
         drawdown = 1.0 - account.equity / self.peak_equity if self.peak_equity > 0 else 0.0
-        with self.db() as conn:
-            records.record_pnl(
-                conn, self.workflow_id, self.account_name, now, equity=account.equity, cash=account.cash,
-                pnl=pnl, drawdown=drawdown, gross=gross, net=net, state=self.state,
-            )  # fmt: skip
-            records.record_positions(conn, self.workflow_id, now, positions)
+        conn = self.conn
+        records.record_pnl(
+            conn, self.workflow_id, self.account_name, now, equity=account.equity, cash=account.cash,
+            pnl=pnl, drawdown=drawdown, gross=gross, net=net, state=self.state,
+        )  # fmt: skip
+        records.record_positions(conn, self.workflow_id, now, positions)
         metrics.set_pnl(self.account_name, pnl)
         metrics.set_drawdown(self.account_name, drawdown)
         metrics.set_exposure(self.account_name, gross, net)
@@ -434,37 +439,37 @@ class TradingLoop:
 
         broker_positions = {p.symbol: p.qty for p in self.broker.positions()}
         broker_open = {o.client_order_id: o for o in self.broker.orders("open")}
-        with self.db() as conn:
-            recorded = records.session_records(conn, self.workflow_id)
-            last = recorded.get("positions")
-            known = (
-                {}
-                if last is None or last.empty
-                else dict(zip(last["symbol"], last["qty"].astype(float), strict=True))
-            )
-            orders = recorded.get("orders")
-            recorded_open = set()
-            if orders is not None and not orders.empty:
-                for row in orders.itertuples(index=False):
-                    self.intents[row.client_order_id] = (row.intent, row.decision_ts)
-                    if row.status in ("new", "accepted", "pending_new", "partially_filled"):
-                        recorded_open.add(row.client_order_id)
-            diffs = []
-            for symbol in sorted(set(broker_positions) | set(known)):
-                if abs(broker_positions.get(symbol, 0.0) - known.get(symbol, 0.0)) > 1e-9:
-                    diffs.append(
-                        f"position {symbol}: recorded {known.get(symbol, 0.0)}, broker {broker_positions.get(symbol, 0.0)}"
-                    )
-            for cid in sorted(set(broker_open) ^ recorded_open):
-                where = "broker only" if cid in broker_open else "recorded only"
-                diffs.append(f"open order {cid}: {where}")
-            for cid, order in broker_open.items():
-                self.orders[cid] = order
-            now = dt.datetime.now(dt.UTC)
-            records.append_audit(
-                conn, self.workflow_id, self.account_name, now, "reconcile",
-                {"positions": broker_positions, "open_orders": sorted(broker_open), "differences": diffs},
-            )  # fmt: skip
+        conn = self.conn
+        recorded = records.session_records(conn, self.workflow_id)
+        last = recorded.get("positions")
+        known = (
+            {}
+            if last is None or last.empty
+            else dict(zip(last["symbol"], last["qty"].astype(float), strict=True))
+        )
+        orders = recorded.get("orders")
+        recorded_open = set()
+        if orders is not None and not orders.empty:
+            for row in orders.itertuples(index=False):
+                self.intents[row.client_order_id] = (row.intent, row.decision_ts)
+                if row.status in ("new", "accepted", "pending_new", "partially_filled"):
+                    recorded_open.add(row.client_order_id)
+        diffs = []
+        for symbol in sorted(set(broker_positions) | set(known)):
+            if abs(broker_positions.get(symbol, 0.0) - known.get(symbol, 0.0)) > 1e-9:
+                diffs.append(
+                    f"position {symbol}: recorded {known.get(symbol, 0.0)}, broker {broker_positions.get(symbol, 0.0)}"
+                )
+        for cid in sorted(set(broker_open) ^ recorded_open):
+            where = "broker only" if cid in broker_open else "recorded only"
+            diffs.append(f"open order {cid}: {where}")
+        for cid, order in broker_open.items():
+            self.orders[cid] = order
+        now = dt.datetime.now(dt.UTC)
+        records.append_audit(
+            conn, self.workflow_id, self.account_name, now, "reconcile",
+            {"positions": broker_positions, "open_orders": sorted(broker_open), "differences": diffs},
+        )  # fmt: skip
         for fill in self.broker.fills():
             self.fills_seen.add(fill.fill_id or fill.order_id)
         self.stats.reconciled = diffs

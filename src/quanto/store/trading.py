@@ -562,3 +562,26 @@ def session_records(conn: psycopg.Connection, workflow_id: str) -> dict[str, pd.
             cur.execute(query, {"wf": workflow_id} if name == "positions" else (workflow_id,))
             out[name] = _frame(cur)
     return out
+
+
+# --- risk limits changed during a session --------------------------------------------------------
+
+
+def set_risk_limits(conn: psycopg.Connection, workflow_id: str, limits: dict[str, Any]) -> None:
+    """Store validated risk limits for the session (they replace the job file's at the next bar)."""
+    with conn.transaction():
+        done = conn.execute(
+            "UPDATE trading_controls SET risk_limits = %s, updated_at = now(), version = version + 1"
+            " WHERE workflow_id = %s",
+            (Jsonb(limits), workflow_id),
+        ).rowcount
+    if not done:
+        raise LookupError(f"no trading control row for {workflow_id!r}: call ensure_control first")
+
+
+def risk_limits(conn: psycopg.Connection, workflow_id: str) -> dict[str, Any] | None:
+    """The session's changed risk limits, or None when the job file's apply."""
+    row = conn.execute(
+        "SELECT risk_limits FROM trading_controls WHERE workflow_id = %s", (workflow_id,)
+    ).fetchone()
+    return row[0] if row else None
