@@ -99,6 +99,7 @@ MAX_CLIENT_ORDER_ID = 128  # Alpaca's limit
 MAX_ORDERS_PAGE = 500  # GET /v2/orders: Alpaca's default limit is 50, its maximum 500
 MAX_ACTIVITIES_PAGE = 100  # GET /v2/account/activities: Alpaca's page size
 MARGIN_MULTIPLIER = 2.0  # buying power = 2x equity minus gross exposure (module docstring)
+SHUTDOWN_GRACE_S = 1.0  # how long a stopping server lets open connections finish
 CALENDAR_FIRST_YEAR = 1990  # calendars are built from here (or their own first year) to their end
 
 ORDER_TYPES = frozenset({"market", "limit", "stop", "stop_limit"})
@@ -1287,7 +1288,11 @@ def build_app() -> web.Application:
 
 def serve(port: int, host: str = "127.0.0.1") -> None:
     """Serve the exchange on host:port until interrupted (blocking)."""
-    web.run_app(build_app(), host=host, port=port, access_log=None, print=None)
+    # On SIGTERM, open connections (keep-alive clients, trade-update streams) get a short grace
+    # instead of aiohttp's 60 s.
+    web.run_app(
+        build_app(), host=host, port=port, access_log=None, print=None, shutdown_timeout=SHUTDOWN_GRACE_S
+    )
 
 
 @dataclass
