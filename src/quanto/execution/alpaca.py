@@ -34,6 +34,7 @@ import os
 import threading
 from collections.abc import Callable
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import requests
@@ -75,6 +76,7 @@ DUPLICATE_ID = "client_order_id must be unique"
 REQUEST_TIMEOUT_S = 10.0
 ORDERS_PAGE = 500  # Alpaca's maximum page of GET /v2/orders
 ACTIVITIES_PAGE = 100  # Alpaca's maximum page of account activities
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 CALENDAR_TZ = "America/New_York"  # Alpaca's calendar times; the local exchange names its own in `tz`
 _SUBMIT = {
     "market": MarketOrderRequest,
@@ -114,7 +116,11 @@ class AlpacaBroker:
         self._key_id = SecretStr(key_id)
         self._secret = SecretStr(secret)
         self._client = TradingClient(key_id, secret, paper=paper, url_override=self.base_url)
-        self._client._session = _TimeoutSession(timeout_s)  # see the module docstring
+        session = _TimeoutSession(timeout_s)  # see the module docstring
+        # The local exchange is on loopback: no proxy or .netrc applies, and looking them up in the
+        # environment on every request costs about as much as the request itself.
+        session.trust_env = urlsplit(self.base_url).hostname not in LOOPBACK
+        self._client._session = session
         self._client_ids: dict[str, str] = {}  # order id -> client_order_id, for Alpaca's fills
 
     def __repr__(self) -> str:

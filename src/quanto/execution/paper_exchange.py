@@ -1286,8 +1286,16 @@ def build_app() -> web.Application:
     return app
 
 
+def warm_up() -> None:
+    """Load the compiled fill and cost functions now, so the first fill does not pay for it."""
+    fill_price(1.0, 1.0, 0.0, half_spread(1.0, 1.0))
+    commission(1.0, 1.0, 0.0, 0.0, 0.0, 0.0)
+    borrow_fee(-1.0, 1.0, 0.0, 1.0)
+
+
 def serve(port: int, host: str = "127.0.0.1") -> None:
     """Serve the exchange on host:port until interrupted (blocking)."""
+    warm_up()
     # On SIGTERM, open connections (keep-alive clients, trade-update streams) get a short grace
     # instead of aiohttp's 60 s.
     web.run_app(
