@@ -499,6 +499,22 @@ def test_clock_follows_the_replay_and_the_calendar_skips_holidays(desk):
     assert sessions[0].open == dt.datetime(2024, 7, 1, 13, 30, tzinfo=dt.UTC)
 
 
+def test_a_daily_bar_closes_with_its_session(desk):
+    early_close_day = dt.datetime(2024, 7, 3, 13, 30, tzinfo=dt.UTC)  # stamped at the session open
+    desk.deliver(
+        {
+            "symbol": "AAA",
+            "ts": early_close_day,
+            "timeframe": "1d",
+            "open": 1,
+            "high": 1,
+            "low": 1,
+            "close": 1,
+        }
+    )
+    assert desk.broker.clock().timestamp == dt.datetime(2024, 7, 3, 17, 0, tzinfo=dt.UTC)
+
+
 # --------------------------------------------------------------------------------------------------
 # Trade updates
 # --------------------------------------------------------------------------------------------------

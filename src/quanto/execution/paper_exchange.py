@@ -170,6 +170,7 @@ class _Calendar:
     name: str
     tz: ZoneInfo
     dates: list[dt.date]
+    days: np.ndarray  # the dates as datetime64[D], for searching
     opens: np.ndarray
     closes: np.ndarray
 
@@ -179,7 +180,7 @@ class _Calendar:
 
     def session_close(self, day: dt.date) -> dt.datetime | None:
         """The close of session `day`, None when `day` is not a session."""
-        i = int(np.searchsorted(np.array(self.dates, dtype="datetime64[D]"), np.datetime64(day)))
+        i = int(np.searchsorted(self.days, np.datetime64(day)))
         if i < len(self.dates) and self.dates[i] == day:
             return _from_ns(int(self.closes[i]))
         return None
@@ -203,9 +204,8 @@ class _Calendar:
         """Alpaca's calendar rows between `start` and `end` inclusive: the date and the open and close
         as HH:MM local times of the exchange (Alpaca's convention, in US Eastern time for its US
         market), plus ``tz`` (not Alpaca's) naming that time zone."""
-        days = np.array(self.dates, dtype="datetime64[D]")
-        lo = int(np.searchsorted(days, np.datetime64(start)))
-        hi = int(np.searchsorted(days, np.datetime64(end), side="right"))
+        lo = int(np.searchsorted(self.days, np.datetime64(start)))
+        hi = int(np.searchsorted(self.days, np.datetime64(end), side="right"))
         rows = []
         for i in range(lo, hi):
             o = _from_ns(int(self.opens[i])).astimezone(self.tz)
@@ -241,10 +241,12 @@ def exchange_calendar(name: str) -> _Calendar:
         lo = cls.bound_min()
         cal = xcals.get_calendar(name, start=max(start, lo) if lo is not None else start)
     sched = cal.schedule
+    dates = [d.date() for d in sched.index]
     return _Calendar(
         name=name,
         tz=ZoneInfo(str(cal.tz)),
-        dates=[d.date() for d in sched.index],
+        dates=dates,
+        days=np.array(dates, dtype="datetime64[D]"),
         opens=pd.DatetimeIndex(sched["open"]).as_unit("ns").asi8.copy(),
         closes=pd.DatetimeIndex(sched["close"]).as_unit("ns").asi8.copy(),
     )
@@ -527,14 +529,15 @@ class Account:
         self.publish("new", order, None)
 
     def cancel(self, order_id: str) -> _Order:
-        """Cancel an open order (a bracket's legs go with it); 404 unknown, 422 when already done."""
+        """Cancel an open order and the rest of its bracket (a leg takes its entry and the other leg
+        along); 404 unknown, 422 when already done."""
         order = self.by_id.get(order_id)
         if order is None:
             raise ExchangeError(404, f"order {order_id} not found", CODE_NOT_FOUND)
         if not order.is_open:
             raise ExchangeError(422, f'order is already in "{order.status}" state', CODE_UNPROCESSABLE)
-        family = [order, *order.legs] if order.parent is None else [*order.parent.legs]
-        for o in family:
+        root = order.parent or order
+        for o in (root, *root.legs):
             if o.is_open:
                 self._close(o, "canceled")
         return order
