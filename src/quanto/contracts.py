@@ -304,3 +304,64 @@ class IngestResult(BaseModel):
 
 
 IngestRequest.model_rebuild()
+
+
+# --- Retraining (RetrainWorkflow) --------------------------------------------------------------------
+
+
+class RetrainRequest(BaseModel):
+    """Input of RetrainWorkflow: the retrain job file as JSON (its research job inline). `today` (ISO
+    date) is fixed by the starter, or left empty by a schedule so the plan fixes it when the run starts."""
+
+    config: dict[str, Any]
+    config_source: str = ""
+    config_name: str = ""
+    today: str = ""
+
+
+class RetrainPlan(BaseModel):
+    """The research job on the run's rolling window (a PipelineConfig as JSON) and the window."""
+
+    research: dict[str, Any]
+    name: str
+    window_start: str
+    window_end: str
+
+
+class RetrainStepRequest(BaseModel):
+    """One retraining step (holdout split, evaluation): the step as a stage of the windowed research
+    job, and the retrain job (holdout, metric, margin, promotion)."""
+
+    stage: StageRequest
+    retrain: dict[str, Any]
+
+
+class RetrainDecision(BaseModel):
+    """What the evaluation decided (its row in PostgreSQL's retrain_decisions has the metric sets)."""
+
+    decision_id: int
+    name: str
+    challenger: str
+    incumbent: str | None = None
+    metric: str
+    challenger_score: float | None = None
+    incumbent_score: float | None = None
+    margin: float
+    margin_kind: str
+    decision: str  # promote | keep
+    promoted: bool
+    reason: str
+    holdout_start: str
+    holdout_end: str
+
+
+class RetrainResult(BaseModel):
+    """Output of RetrainWorkflow."""
+
+    workflow_id: str
+    status: str
+    pipeline_workflow_id: str
+    window_start: str
+    window_end: str
+    decision: RetrainDecision
+    stages: list[StageStatus] = Field(default_factory=list)

@@ -31,6 +31,16 @@ def test_shipped_configs_validate(path):
         ingest = load_config(IngestConfig, path)
         assert ingest.workflow_id(dt.date(2026, 1, 5)).startswith(f"ingest-{ingest.name}-")
         return
+    if path.name.startswith("retrain"):
+        import datetime as dt
+
+        from quanto.config.retrain import load_retrain
+
+        retrain = load_retrain(path)  # and the research job file it names
+        end = retrain.window_end(dt.date(2026, 1, 5))
+        assert retrain.workflow_id(end).startswith(f"retrain-{retrain.job_name}-")
+        assert retrain.research(end).universe.end == end
+        return
     if path.name.startswith("sweep"):
         from quanto.config.sweep import SweepJob
 

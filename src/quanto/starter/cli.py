@@ -20,6 +20,7 @@ import typer
 from quanto.config.ingest import IngestConfig
 from quanto.config.loading import ConfigError, load_config
 from quanto.config.models import PipelineConfig
+from quanto.config.retrain import RetrainConfig
 from quanto.config.schedules import SchedulesConfig
 from quanto.config.sweep import SweepJob
 from quanto.errors import InputError
@@ -37,6 +38,7 @@ backtest_app = typer.Typer(
 )
 models_app = typer.Typer(no_args_is_help=True, help="The model registry: candidates and production models.")
 schedule_app = typer.Typer(no_args_is_help=True, help="Temporal Schedules from configs/schedules.yaml.")
+retrain_app = typer.Typer(no_args_is_help=True, help="Retrain on a rolling window; promote only winners.")
 app.add_typer(server_app, name="server")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(config_app, name="config")
@@ -45,6 +47,7 @@ app.add_typer(features_app, name="features")
 app.add_typer(backtest_app, name="backtest")
 app.add_typer(models_app, name="models")
 app.add_typer(schedule_app, name="schedule")
+app.add_typer(retrain_app, name="retrain")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 STATE_DIR = Path(os.environ.get("QUANTO_HOME", ".quanto"))
@@ -69,6 +72,7 @@ CONFIG_KINDS: dict[str, type] = {
     "sweep": SweepJob,
     "ingest": IngestConfig,
     "schedules": SchedulesConfig,
+    "retrain": RetrainConfig,
 }
 
 
@@ -653,6 +657,51 @@ def backtest_sweep(
     )
     _emit(as_json, out, text)
     raise typer.Exit(code)
+
+
+# --- retrain ------------------------------------------------------------------------------------------
+
+
+@retrain_app.command("run")
+def retrain_run(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Retrain job file (YAML).")],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the decision.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Start RetrainWorkflow: the research job on its rolling window, the challenger trained without
+    the holdout, then promote or keep by the job's rule (the decision is recorded either way)."""
+    from quanto.config.retrain import load_retrain
+    from quanto.starter.retrain import result_text, run_retrain, utc_today
+
+    try:
+        cfg = load_retrain(config)
+        cfg.research(cfg.window_end(utc_today()))  # a window that cannot exist fails here, not in the run
+    except ValueError as err:  # ConfigError and InputError included
+        _fail(as_json, 2, str(err))
+    out, code = asyncio.run(run_retrain(cfg, str(config), wait, echo=not as_json))
+    if as_json:
+        print(json.dumps(out, default=str))
+    else:
+        print(result_text(out), file=sys.stderr if code else sys.stdout)
+    raise typer.Exit(code)
+
+
+@retrain_app.command("ls")
+def retrain_ls(
+    name: Annotated[str | None, typer.Option("--name", help="Only decisions of this job name.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="Decisions to list at most.")] = 20,
+    as_json: JsonFlag = False,
+) -> None:
+    """Recorded retraining decisions, newest first: challenger, incumbent, scores, decision, reason."""
+    from quanto.models.retraining import list_decisions
+
+    rows = _registry_call(as_json, lambda c: list_decisions(c, name=name, limit=limit))
+    text = "\n".join(
+        f"{r['decided_at'][:19]}  {r['name']:<16} {r['decision']:<7} {'promoted' if r['promoted'] else '':<8} "
+        f"{r['challenger']}  {r['metric']} {r['challenger_score']} vs {r['incumbent'] or '—'} {r['incumbent_score']}"
+        for r in rows
+    )
+    _emit(as_json, {"decisions": rows}, text or "no retraining decisions recorded yet")
 
 
 # --- schedules ----------------------------------------------------------------------------------------

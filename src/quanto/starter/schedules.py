@@ -62,6 +62,14 @@ def _action(entry: ScheduleEntry, base: Path) -> tuple[ScheduleActionStartWorkfl
         # No `today`: each run's plan fixes it when it starts, so a nightly run fetches the new dates.
         req = ingest_request(cfg, str(path), today=None)
         workflow, wf_id, name = "IngestionWorkflow", f"ingest-{cfg.name}-scheduled", cfg.name
+    elif entry.kind == "retrain":
+        from quanto.config.retrain import load_retrain
+        from quanto.starter.retrain import request_for as retrain_request
+
+        rcfg = load_retrain(path)
+        # No `today`: each run's plan fixes it, so a window ending today moves with the calendar.
+        req = retrain_request(rcfg, str(path), today=None)
+        workflow, wf_id, name = "RetrainWorkflow", f"retrain-{rcfg.job_name}-scheduled", rcfg.job_name
     else:
         from quanto.starter.pipeline import request_for as pipeline_request
 

@@ -226,3 +226,52 @@ def upsert_ingest_partition(conn: psycopg.Connection, row: dict[str, Any]) -> No
         """,
         {**row, "covered": Jsonb(row["covered"]), "files": Jsonb(row["files"])},
     )
+
+
+_DECISION_COLUMNS = (
+    "id, workflow_id, run_id, name, challenger, incumbent, metric, challenger_score, incumbent_score,"
+    " margin, margin_kind, decision, promoted, reason, metrics, decided_at"
+)
+
+
+def insert_retrain_decision(conn: psycopg.Connection, row: dict[str, Any]) -> dict[str, Any]:
+    """Record a retraining decision; returns the stored row. A run has one decision: when its row
+    exists already (a retried activity), that row is returned and nothing is written."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            f"""
+            INSERT INTO retrain_decisions (workflow_id, run_id, name, challenger, incumbent, metric,
+                                           challenger_score, incumbent_score, margin, margin_kind,
+                                           decision, promoted, reason, metrics)
+            VALUES (%(workflow_id)s, %(run_id)s, %(name)s, %(challenger)s, %(incumbent)s, %(metric)s,
+                    %(challenger_score)s, %(incumbent_score)s, %(margin)s, %(margin_kind)s, %(decision)s,
+                    %(promoted)s, %(reason)s, %(metrics)s)
+            ON CONFLICT (workflow_id, run_id) DO NOTHING
+            RETURNING {_DECISION_COLUMNS}
+            """,
+            {**row, "metrics": Jsonb(row["metrics"])},
+        )
+        stored = cur.fetchone()
+    if stored is not None:
+        return stored
+    return select_retrain_decisions(conn, workflow_id=row["workflow_id"], run_id=row["run_id"])[0]
+
+
+def select_retrain_decisions(
+    conn: psycopg.Connection,
+    name: str | None = None,
+    workflow_id: str | None = None,
+    run_id: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Retraining decisions, newest first, optionally of one job name and/or one workflow (run)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            f"SELECT {_DECISION_COLUMNS} FROM retrain_decisions"
+            " WHERE (%(name)s::text IS NULL OR name = %(name)s)"
+            " AND (%(workflow_id)s::text IS NULL OR workflow_id = %(workflow_id)s)"
+            " AND (%(run_id)s::text IS NULL OR run_id = %(run_id)s)"
+            " ORDER BY decided_at DESC, id DESC LIMIT %(limit)s",
+            {"name": name, "workflow_id": workflow_id, "run_id": run_id, "limit": limit},
+        )
+        return cur.fetchall()

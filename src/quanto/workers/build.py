@@ -17,15 +17,25 @@ from temporalio.worker import SharedStateManager, Worker
 
 from quanto.activities import ingest as ingest_acts
 from quanto.activities import pipeline as acts
+from quanto.activities import retrain as retrain_acts
 from quanto.activities import sweep as sweep_acts
 from quanto.activities import training as training_acts
 from quanto.contracts import ALL_QUEUES, PIPELINE_STAGES, QUEUE_COMPUTE, QUEUE_CONTROL, QUEUE_IO, QUEUE_TRAIN
 from quanto.workflows.ingest import IngestionWorkflow
 from quanto.workflows.pipeline import ResearchPipelineWorkflow
+from quanto.workflows.retrain import RetrainWorkflow
 from quanto.workflows.sweep import SweepWorkflow
 from quanto.workflows.training import TrainingWorkflow
 
-WORKFLOWS = {QUEUE_CONTROL: [ResearchPipelineWorkflow, TrainingWorkflow, SweepWorkflow, IngestionWorkflow]}
+WORKFLOWS = {
+    QUEUE_CONTROL: [
+        ResearchPipelineWorkflow,
+        TrainingWorkflow,
+        SweepWorkflow,
+        IngestionWorkflow,
+        RetrainWorkflow,
+    ]
+}
 PROCESS_POOL_QUEUES = {"quanto-compute"}
 HEARTBEAT_THROTTLE = timedelta(seconds=2)
 
@@ -49,6 +59,8 @@ def activities_by_queue() -> dict[str, list]:
     out.setdefault(QUEUE_COMPUTE, []).extend(sweep_acts.SWEEP_ACTIVITIES)
     out.setdefault(QUEUE_IO, []).append(acts.record_run)
     out[QUEUE_IO].extend(ingest_acts.INGEST_ACTIVITIES)
+    for queue, activities in retrain_acts.RETRAIN_ACTIVITIES.items():
+        out.setdefault(queue, []).extend(activities)
     return out
 
 
