@@ -365,3 +365,84 @@ class RetrainResult(BaseModel):
     window_end: str
     decision: RetrainDecision
     stages: list[StageStatus] = Field(default_factory=list)
+
+
+# --- Trading (TradingDayWorkflow) ------------------------------------------------------------------
+
+
+class TradingRequest(BaseModel):
+    """Input of TradingDayWorkflow: the trading job (secrets are never in it), the session's date, and
+    for a demo the research job that trains the model when the registry has no production model."""
+
+    config: dict[str, Any]
+    config_source: str = ""
+    config_name: str = ""
+    session_date: str  # YYYY-MM-DD
+    confirm_live: bool = False
+    bootstrap: dict[str, Any] | None = None  # a research pipeline config (model.bootstrap)
+
+
+class TradingPrepared(BaseModel):
+    """What `trading.prepare` found: whether the day is a session, its open and close, the production
+    model (None: bootstrap it), the account's state from the records."""
+
+    is_session: bool
+    session_open: str | None = None
+    session_close: str | None = None
+    model_id: str | None = None
+    state: str = "ACTIVE"
+    bars: int = 0
+
+
+class TradingControl(BaseModel):
+    """A control applied by `trading.control`: the new state and, for flatten, close every position."""
+
+    workflow_id: str
+    account: str
+    state: str  # ACTIVE | REDUCING | HALTED
+    reason: str = ""
+    signal: str = ""  # halt | flatten | resume | risk | limits
+    flatten: bool = False
+    at: str = ""  # workflow time of the signal (ISO)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class TradingControlResult(BaseModel):
+    """What a control did at the broker."""
+
+    state: str
+    cancelled: list[str] = Field(default_factory=list)
+    closing_orders: list[str] = Field(default_factory=list)
+
+
+class TradingSessionRequest(BaseModel):
+    """Input of `trading.session`: the job, the session times and the model to trade."""
+
+    config: dict[str, Any]
+    session_date: str
+    session_open: str
+    session_close: str
+    model_id: str
+
+
+class TradingReportRequest(BaseModel):
+    """Input of `trading.report`: the job and how the session ended."""
+
+    config: dict[str, Any]
+    session_date: str
+    state: str
+    model_id: str | None = None
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+
+class TradingResult(BaseModel):
+    """Output of TradingDayWorkflow (and of `trading.session` for its `stats`)."""
+
+    workflow_id: str
+    session_date: str
+    status: str  # completed | holiday | halted
+    state: str = "ACTIVE"
+    model_id: str | None = None
+    stats: dict[str, Any] = Field(default_factory=dict)
+    report_html: str | None = None
+    report_pdf: str | None = None

@@ -74,7 +74,10 @@ async def test_halt_resume_flatten_mid_session(session_worker, trained, exchange
         lake,
         exchange_port,
         account="ctl",
-        feed={"source": "replay", "replay": {"date": "2024-03-15", "speed": 600, "warmup_sessions": 1}},
+        feed={
+            "source": "replay",
+            "replay": {"date": "2024-03-15", "speed": 600, "warmup_sessions": 1, "bars": 120},
+        },
     )
     client = await connect()
     handle = await start_trading(client, cfg, "", DATE, confirm_live=False)
@@ -154,6 +157,10 @@ async def test_daily_loss_breach_halts_automatically(session_worker, trained, ex
         exchange_port,
         account="loss",
         risk={"max_daily_loss": 0.00005, "max_drawdown": 0.5, "min_window_return": -0.5},
+        feed={
+            "source": "replay",
+            "replay": {"date": "2024-03-15", "speed": 0, "warmup_sessions": 1, "bars": 120},
+        },
     )
     client = await connect()
     handle = await start_trading(client, cfg, "", DATE, confirm_live=False)
@@ -181,7 +188,10 @@ async def test_worker_killed_while_submitting_never_doubles_an_order(
         lake,
         exchange_port,
         account="kill",
-        feed={"source": "replay", "replay": {"date": "2024-03-15", "speed": 900, "warmup_sessions": 1}},
+        feed={
+            "source": "replay",
+            "replay": {"date": "2024-03-15", "speed": 900, "warmup_sessions": 1, "bars": 80},
+        },
     )
     worker = start_worker(tmp_path / "w1.log")
     try:
@@ -224,7 +234,10 @@ async def test_halt_survives_worker_and_server_restarts(own_server, trained, exc
         lake,
         exchange_port,
         account="durable",
-        feed={"source": "replay", "replay": {"date": "2024-03-15", "speed": 300, "warmup_sessions": 1}},
+        feed={
+            "source": "replay",
+            "replay": {"date": "2024-03-15", "speed": 200, "warmup_sessions": 1, "bars": 150},
+        },
     )
     worker = start_worker(tmp_path / "w1.log", env={"TEMPORAL_ADDRESS": own_server.address})
     client = await connect()

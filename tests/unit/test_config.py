@@ -31,6 +31,15 @@ def test_shipped_configs_validate(path):
         ingest = load_config(IngestConfig, path)
         assert ingest.workflow_id(dt.date(2026, 1, 5)).startswith(f"ingest-{ingest.name}-")
         return
+    if path.name == "trading.yaml":
+        from quanto.config.trading import TradingConfig
+
+        trading = load_config(TradingConfig, path)
+        assert trading.workflow_id(trading.session_date()) == f"trading-{trading.account}-2024-03-15"
+        research = load_config(PipelineConfig, path.parent / trading.model.bootstrap)
+        assert research.name == trading.model.job  # the bootstrap trains the model the day trades
+        assert research.universe.symbols == trading.universe.symbols
+        return
     if path.name.startswith("retrain"):
         import datetime as dt
 

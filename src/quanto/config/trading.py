@@ -46,6 +46,9 @@ class ReplayConfig(Strict):
     date: dt.date
     speed: float = Field(390.0, ge=0)
     warmup_sessions: int = Field(3, ge=1, le=60)
+    bars: int | None = Field(
+        None, ge=2, description="replay only the session's first N bars and close there (quick looks, tests)"
+    )
 
 
 class FeedConfig(Strict):

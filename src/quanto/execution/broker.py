@@ -183,7 +183,9 @@ class Broker(Protocol):
         """The order with this client_order_id, or None when the broker has none."""
         ...
 
-    def orders(self, status: Literal["open", "closed", "all"] = "all", after: dt.datetime | None = None) -> list[Order]:
+    def orders(
+        self, status: Literal["open", "closed", "all"] = "all", after: dt.datetime | None = None
+    ) -> list[Order]:
         """Orders by status, submitted after `after` when given, oldest first."""
         ...
 

@@ -34,7 +34,16 @@ import numpy as np
 import pandas as pd
 
 from quanto.config.trading import RiskLimits, TradingConfig
-from quanto.execution.broker import Broker, BrokerError, Fill, Order, OrderRequest, Position, client_order_id
+from quanto.execution.broker import (
+    Account,
+    Broker,
+    BrokerError,
+    Fill,
+    Order,
+    OrderRequest,
+    Position,
+    client_order_id,
+)
 from quanto.execution.replay import bar_groups, bar_payload
 from quanto.execution.strategy import OrderPlan, SessionModel, plan_orders
 
@@ -111,6 +120,9 @@ class TradingLoop:
         self.peak_equity = 0.0
         self.state = "ACTIVE"
         self.limits_seen: dict | None = None
+        self.recorded_book: tuple | None = None  # the positions last recorded
+        self.breaches: set[tuple[str, str]] = set()  # (rule, action) already acted on
+        self.last_fill_ts: dt.datetime | None = None
         self.conn: Any = None  # the records connection, open while `run` runs
         self.gate: Any = None  # the submission gate's connection
 
@@ -120,6 +132,9 @@ class TradingLoop:
         from quanto.store import trading as records
 
         groups = bar_groups(self.bars, self.open, self.close)
+        replay = self.cfg.feed.replay
+        if replay is not None and replay.bars is not None:
+            groups = groups[: replay.bars]
         if not groups:
             raise BrokerError(f"no bars between {self.open} and {self.close}: nothing to trade")
         # Two autocommit connections for the session: records, and the submission gate's lock (a
@@ -160,6 +175,7 @@ class TradingLoop:
                 )
             self.bar(ts, group, last=i == len(groups) - 1)
             self.heartbeat(self._checkpoint(ts))
+        self._sync(self.close)  # the close's own fills (market-on-close) come after the last bar
 
     def bar(self, ts: pd.Timestamp, group: pd.DataFrame, last: bool) -> None:
         """Steps 1–5 of the module docstring for the bars of one timestamp."""
@@ -202,7 +218,10 @@ class TradingLoop:
                 self.periods_per_year,
             )
             self._submit(plans, decided_at, ts, account.equity, positions, intent="rebalance", tif="day")
-        self._snapshot(decided_at, ts)
+        if last:  # market-on-close orders filled at this close: read the book again
+            account = self.broker.account()
+            positions = {p.symbol: p for p in self.broker.positions()}
+        self._snapshot(decided_at, ts, account, list(positions.values()))
         self.stats.bars += 1
 
     # ------------------------------------------------------------------------------ the steps
@@ -299,8 +318,10 @@ class TradingLoop:
         from quanto.observability import metrics
         from quanto.store import trading as records
 
-        fills = self.broker.fills()
+        fills = self.broker.fills(after=self.last_fill_ts)
         new: list[Fill] = [f for f in fills if (f.fill_id or f.order_id) not in self.fills_seen]
+        if fills:  # fills at the same time as the last one seen are read again and skipped by id
+            self.last_fill_ts = max(f.ts for f in fills) - dt.timedelta(microseconds=1)
         open_ids = [cid for cid, o in self.orders.items() if o.is_open]
         if not new and not open_ids:
             return
@@ -352,23 +373,26 @@ class TradingLoop:
             submitted=tuple(self.submitted),
         )
         check = check_account(view, self.cfg.risk, self.equity_history, list(self.hits))
-        for event in check.events:
-            metrics.count_risk_breach(self.account_name, event.rule)
-        if not check.events:
+        if self.state == "ACTIVE":
+            self.breaches.clear()  # resumed: a breach that persists acts again
+        # check_account reports every breach that holds; act on (and record) each one once.
+        fresh = [e for e in check.events if (e.rule, e.action) not in self.breaches]
+        if not fresh:
             return
-        conn = self.conn
-        for event in check.events:
+        self.breaches.update((e.rule, e.action) for e in fresh)
+        for event in fresh:
+            metrics.count_risk_breach(self.account_name, event.rule)
             records.record_risk(
-                conn, self.workflow_id, self.account_name, now, rule=event.rule, action=event.action,
+                self.conn, self.workflow_id, self.account_name, now, rule=event.rule, action=event.action,
                 reason=event.reason, details={"value": event.value, "limit": event.limit},
             )  # fmt: skip
         if check.state != self.state:
-            reason = "; ".join(e.reason for e in check.events if e.action != "alert")
-            records.set_control(conn, self.workflow_id, check.state, reason, now)
+            reason = "; ".join(e.reason for e in fresh if e.action != "alert")
+            records.set_control(self.conn, self.workflow_id, check.state, reason, now)
             self.state = check.state
-        if check.state == "HALTED":
-            self.broker.cancel_all()
-        for event in check.events:
+            if check.state == "HALTED":
+                self.broker.cancel_all()
+        for event in fresh:
             self.notify(
                 "risk",
                 {"rule": event.rule, "action": event.action, "reason": event.reason, "state": self.state},
@@ -385,13 +409,15 @@ class TradingLoop:
                 continue
             self.hits.append((pred > centre) == (now > before))
 
-    def _snapshot(self, now: dt.datetime, ts: pd.Timestamp) -> None:
-        """Step 5: P&L and positions to PostgreSQL and metrics, a progress snapshot to the workflow."""
+    def _snapshot(
+        self, now: dt.datetime, ts: pd.Timestamp, account: Account, positions: list[Position]
+    ) -> None:
+        """Step 5: P&L (every bar) and positions (when they changed) to PostgreSQL and metrics, a
+        progress snapshot to the workflow. The book is the one read at this bar: orders decided at
+        this close fill at the next bar, so it is still the book after the decisions."""
         from quanto.observability import metrics
         from quanto.store import trading as records
 
-        account = self.broker.account()
-        positions = self.broker.positions()
         gross = sum(abs(p.market_value) for p in positions)
         net = sum(p.market_value for p in positions)
         pnl = account.equity - float(self.opening_equity or account.equity)
@@ -401,7 +427,10 @@ class TradingLoop:
             conn, self.workflow_id, self.account_name, now, equity=account.equity, cash=account.cash,
             pnl=pnl, drawdown=drawdown, gross=gross, net=net, state=self.state,
         )  # fmt: skip
-        records.record_positions(conn, self.workflow_id, now, positions)
+        book = tuple(sorted((p.symbol, p.qty) for p in positions))
+        if book != self.recorded_book:
+            records.record_positions(conn, self.workflow_id, now, positions)
+            self.recorded_book = book
         metrics.set_pnl(self.account_name, pnl)
         metrics.set_drawdown(self.account_name, drawdown)
         metrics.set_exposure(self.account_name, gross, net)
