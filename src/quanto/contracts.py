@@ -377,7 +377,7 @@ class TradingRequest(BaseModel):
     config: dict[str, Any]
     config_source: str = ""
     config_name: str = ""
-    session_date: str  # YYYY-MM-DD
+    session_date: str = ""  # YYYY-MM-DD; "" (scheduled runs): the day the run starts, or the replay's
     confirm_live: bool = False
     bootstrap: dict[str, Any] | None = None  # a research pipeline config (model.bootstrap)
 

@@ -17,11 +17,13 @@ class ScheduleEntry(Strict):
     kind `ingest` starts IngestionWorkflow (with `end` unset, each run fetches only the new dates);
     kind `pipeline` starts ResearchPipelineWorkflow, optionally only `until` a stage (validate for a
     nightly check, features for a weekly refresh); kind `retrain` starts RetrainWorkflow on a
-    retrain job file (monthly retraining: promoted only when the new model wins on the holdout).
+    retrain job file (monthly retraining: promoted only when the new model wins on the holdout);
+    kind `trading` starts TradingDayWorkflow on a trading job file for the day it fires (a replay job
+    trades its replay date), whose first step skips holidays on the exchange calendar.
     """
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="schedule id: quanto-<name>")
-    kind: Literal["ingest", "pipeline", "retrain"]
+    kind: Literal["ingest", "pipeline", "retrain", "trading"]
     config: str = Field(description="the job file, relative to the schedules file's folder")
     cron: list[str] = Field(min_length=1, description="cron expressions (minute hour day month weekday)")
     until: Stage | None = Field(None, description="pipeline: stop after this stage")

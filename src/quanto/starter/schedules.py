@@ -70,6 +70,14 @@ def _action(entry: ScheduleEntry, base: Path) -> tuple[ScheduleActionStartWorkfl
         # No `today`: each run's plan fixes it, so a window ending today moves with the calendar.
         req = retrain_request(rcfg, str(path), today=None)
         workflow, wf_id, name = "RetrainWorkflow", f"retrain-{rcfg.job_name}-scheduled", rcfg.job_name
+    elif entry.kind == "trading":
+        from quanto.config.trading import TradingConfig
+        from quanto.starter.trade import request_for as trading_request
+
+        tcfg = load_config(TradingConfig, path)
+        # No date: each run trades the day it starts (New York), or the job's replay date.
+        req = trading_request(tcfg, str(path), None, confirm_live=False)
+        workflow, wf_id, name = "TradingDayWorkflow", f"trading-{tcfg.account}-scheduled", tcfg.name
     else:
         from quanto.starter.pipeline import request_for as pipeline_request
 

@@ -20,8 +20,9 @@ from quanto.workflows import search
 WORKFLOW_TYPE = "TradingDayWorkflow"
 
 
-def request_for(cfg: TradingConfig, source: str, date: dt.date, confirm_live: bool) -> TradingRequest:
-    """The workflow input: the job as JSON (lake root absolute) and, for a demo, its bootstrap job."""
+def request_for(cfg: TradingConfig, source: str, date: dt.date | None, confirm_live: bool) -> TradingRequest:
+    """The workflow input: the job as JSON (lake root absolute) and, for a demo, its bootstrap job.
+    `date` None (a schedule's runs): the workflow trades the day it starts, or the replay's date."""
     from quanto.execution.day import check_live
     from quanto.starter.pipeline import request_for as pipeline_request
 
@@ -41,7 +42,7 @@ def request_for(cfg: TradingConfig, source: str, date: dt.date, confirm_live: bo
         config=config,
         config_source=source,
         config_name=cfg.name,
-        session_date=date.isoformat(),
+        session_date=date.isoformat() if date else "",
         confirm_live=confirm_live,
         bootstrap=bootstrap,
     )

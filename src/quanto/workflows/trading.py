@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -41,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
     from quanto.workflows.retry import activity_retry
 
 CONTROL_TIMEOUT = timedelta(seconds=30)
+EXCHANGE_ZONE = "America/New_York"  # whose calendar day a scheduled run trades
 HEARTBEAT_TIMEOUT = timedelta(seconds=20)
 MORE_RESTRICTIVE = {"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}
 
@@ -151,9 +153,13 @@ class TradingDayWorkflow:
     # ------------------------------------------------------------------------------ the day
     @workflow.run
     async def run(self, req: TradingRequest) -> TradingResult:
+        cfg = req.config
+        if not req.session_date:  # a scheduled run: the replay's date, else today on the exchange's clock
+            replay = (cfg["feed"].get("replay") or {}).get("date")
+            today = workflow.now().astimezone(ZoneInfo(EXCHANGE_ZONE)).date().isoformat()
+            req = req.model_copy(update={"session_date": replay or today})
         self._request = req
         wid = workflow.info().workflow_id
-        cfg = req.config
         workflow.upsert_search_attributes(search.trading_attributes(cfg["account"], cfg["mode"]))
         self._phase = "preparing"
         prepared: TradingPrepared = await workflow.execute_activity(
