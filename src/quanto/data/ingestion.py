@@ -27,6 +27,7 @@ from quanto.contracts import FileRef
 from quanto.data.partitions import Partition, trading_days
 from quanto.data.sources import PartitionData, Sources
 from quanto.lake.storage import Lake
+from quanto.observability import metrics
 
 log = structlog.get_logger("quanto.data.ingest")
 
@@ -230,6 +231,7 @@ async def ingest_partition(
         files=new_files,
         seconds=time.perf_counter() - t0,
     )
+    metrics.count_ingest(part.vendor, rows, outcome.seconds)
     log.info("partition ingested", partition=part.label(), rows=rows, rejected=rejected, ranges=len(todo))
     return outcome
 

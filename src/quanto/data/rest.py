@@ -37,6 +37,7 @@ from pydantic import SecretStr
 from quanto.config.secrets import VENDOR_SECRETS
 from quanto.data.schemas import BAR_SCHEMA, check_columns, polars_schema
 from quanto.errors import InputError
+from quanto.observability import metrics
 
 log = structlog.get_logger("quanto.data.rest")
 
@@ -445,9 +446,11 @@ class RestClient:
                 retry_after = resp.headers.get("retry-after")
         except TimeoutError:
             self.stats.timeouts += 1
+            metrics.count_vendor_failure(self.vendor, "timeout")
             return _Retry(f"timed out after {self.timeout_s:g} s")
         except aiohttp.ClientError as exc:  # connection, protocol and truncated-body failures
             self.stats.connection_errors += 1
+            metrics.count_vendor_failure(self.vendor, "connection")
             return _Retry(f"connection error ({type(exc).__name__}: {self.redact(str(exc))[:MESSAGE_CHARS]})")
         finally:
             self.stats.seconds += time.perf_counter() - started
@@ -457,6 +460,7 @@ class RestClient:
                 return (parse(body),)
             except ValueError as exc:  # orjson.JSONDecodeError and UnicodeDecodeError are ValueErrors
                 self.stats.malformed += 1
+                metrics.count_vendor_failure(self.vendor, "malformed")
                 return _Retry(f"malformed body ({len(body)} bytes: {type(exc).__name__})", status)
         detail = self._detail(body)
         if status in RETRY_STATUSES:
@@ -464,11 +468,13 @@ class RestClient:
                 self.stats.throttled += 1
             else:
                 self.stats.server_errors += 1
+            metrics.count_vendor_failure(self.vendor, "throttled" if status == 429 else "server_error")
             reason = f"{status} {phrase.lower()}" + (f" ({detail})" if detail else "")
             return _Retry(reason, status, retry_after_s(retry_after))
         message = f"{status} {phrase.lower()}" + (f": {detail}" if detail else "")
         if status in (401, 403) and self.auth_hint:
             message += f" — {self.auth_hint}"
+        metrics.count_vendor_failure(self.vendor, "client_error" if 400 <= status < 500 else "server_error")
         if 400 <= status < 500:
             raise VendorRequestError(self.vendor, self._shown(url), status, message)
         raise VendorError(self.vendor, self._shown(url), status, message)

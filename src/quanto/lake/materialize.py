@@ -20,8 +20,19 @@ import structlog
 
 from quanto.contracts import FileRef, StageResult
 from quanto.lake.storage import Lake, sha256_json
+from quanto.observability import metrics
 
 log = structlog.get_logger("quanto.stage")
+
+# A stage's counters that are row counts, and their kind in quanto_stage_rows_total.
+ROW_COUNTERS = {
+    "rows_in": "in",
+    "accepted": "out",
+    "rows": "out",
+    "predictions": "out",
+    "quarantined": "quarantined",
+    "imputed": "imputed",
+}
 
 
 @lru_cache(maxsize=1)
@@ -149,6 +160,7 @@ def materialize(
     existing = load_manifest(ctx.lake, stage, key)
     if existing is not None:
         log.info("stage skipped: already materialized", stage=stage, key=key[:12])
+        metrics.observe_stage(stage, time.perf_counter() - t0, "skipped")
         if ctx.record:
             # Idempotent: restores the row if an earlier run lost it (database down, record=False run).
             _record_manifest(ctx, existing, _manifest_path(stage, key))
@@ -164,7 +176,11 @@ def materialize(
         )
     started = dt.datetime.now(dt.UTC)
     log.info("stage started", stage=stage, key=key[:12], inputs=len(inputs))
-    result = compute(key)
+    try:
+        result = compute(key)
+    except Exception:
+        metrics.observe_stage(stage, time.perf_counter() - t0, "failed")
+        raise
     finished = dt.datetime.now(dt.UTC)
     manifest = {
         "stage": stage,
@@ -188,6 +204,10 @@ def materialize(
     ctx.lake.write_json(rel, manifest)
     seconds = time.perf_counter() - t0
     log.info("stage finished", stage=stage, key=key[:12], seconds=round(seconds, 3), **result.counters)
+    metrics.observe_stage(stage, seconds, "completed")
+    for name, kind in ROW_COUNTERS.items():
+        if name in result.counters:
+            metrics.count_rows(stage, kind, result.counters[name])
     return StageResult(
         stage=stage,
         key=key,

@@ -11,8 +11,11 @@ Families register themselves with `register_family`; `make_model(cfg)` builds on
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from quanto.config.models import ModelConfig
+from quanto.observability.metrics import observe_prediction_latency
 
 Objective = Literal["regression", "classification"]
 META_FILE = "meta.json"
@@ -30,6 +34,28 @@ META_VERSION = 2
 
 # Called by long fits (epochs, boosting rounds) with {"step", "of", ...metrics}: workers heartbeat it.
 Progress = Callable[[dict[str, Any]], None]
+
+_predicting = threading.local()  # set while a thread runs a model's predict
+
+
+def _timed_predict(predict: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """`predict` that reports its latency (quanto_prediction_latency_seconds by family). Only a
+    thread's outermost call reports: an ensemble's members are part of the ensemble's time."""
+
+    @functools.wraps(predict)
+    def timed(self: Model, design: Design, rows: np.ndarray) -> np.ndarray:
+        if getattr(_predicting, "active", False):
+            return predict(self, design, rows)
+        _predicting.active = True
+        t0 = time.perf_counter()
+        try:
+            out = predict(self, design, rows)
+        finally:
+            _predicting.active = False
+        observe_prediction_latency(time.perf_counter() - t0, self.family)
+        return out
+
+    return timed
 
 
 @dataclass(frozen=True)
@@ -75,6 +101,12 @@ class Model(ABC):
     with `register_family`. Constructed from `ModelConfig` (its `params` validated for the family)."""
 
     family: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Every family's predict reports its latency, without each family timing itself.
+        if "predict" in cls.__dict__:
+            cls.predict = _timed_predict(cls.__dict__["predict"])  # type: ignore[method-assign]
 
     def __init__(self, cfg: ModelConfig) -> None:
         if config_family(cfg) != self.family:
