@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -173,6 +174,14 @@ def worker(
     queue: Annotated[
         list[str] | None, typer.Option("--queue", "-q", help="Task queue(s); all by default.")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            envvar="QUANTO_METRICS_PORT",
+            help="Serve Prometheus metrics (Quanto's and the Temporal SDK's) at :PORT/metrics; off by default.",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Run workers for the task queues until interrupted (SIGINT/SIGTERM)."""
@@ -186,21 +195,51 @@ def worker(
         _fail(as_json, 2, f"--queue: unknown task queue(s) {unknown}; known: {list(ALL_QUEUES)}")
     _setup_logging()
     db_connect().close()  # create the database and apply migrations before any activity runs
+    runtime = endpoint = metrics_dir = None
+    if metrics_port is not None:
+        runtime, endpoint, metrics_dir = _start_metrics(metrics_port, as_json)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        client = await connect()
+        client = await connect(runtime=runtime)
         queues = queue or list(ALL_QUEUES)
+        started: dict[str, Any] = {"worker": "running", "queues": queues, "pid": os.getpid()}
+        if endpoint is not None:
+            started["metrics_url"] = f"http://{endpoint.server_address[0]}:{endpoint.server_port}/metrics"
         if as_json:
-            print(json.dumps({"worker": "running", "queues": queues, "pid": os.getpid()}), flush=True)
+            print(json.dumps(started), flush=True)
         else:
             print(f"worker running on {', '.join(queues)} (pid {os.getpid()}); Ctrl-C stops", file=sys.stderr)
         await run_workers(client, queue, stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if endpoint is not None:
+            endpoint.shutdown()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _start_metrics(port: int, as_json: bool) -> tuple[Any, Any, Path]:
+    """One endpoint at `port` for Quanto's metrics, from this process and its process pool (multiprocess
+    files in a fresh folder), and the Temporal SDK's (a runtime serving them on a free local port).
+    Returns (runtime, endpoint, folder); `QUANTO_METRICS_ADDR` is the address to bind (default 0.0.0.0)."""
+    from quanto.observability.metrics import serve, use_multiprocess
+    from quanto.starter.client import prometheus_runtime
+
+    folder = use_multiprocess()  # before the process pool starts: its children inherit the folder
+    runtime, sdk_url = prometheus_runtime()
+    try:
+        endpoint = serve(port, os.environ.get("QUANTO_METRICS_ADDR", "0.0.0.0"), sdk_metrics_url=sdk_url)
+    except OSError as err:
+        shutil.rmtree(folder, ignore_errors=True)
+        _fail(as_json, 2, f"--metrics-port {port}: {err}")
+        raise  # unreachable: _fail exits
+    return runtime, endpoint, folder
 
 
 # --- pipeline -----------------------------------------------------------------------------------------

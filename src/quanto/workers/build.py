@@ -12,8 +12,15 @@ from contextlib import AsyncExitStack
 from datetime import timedelta
 from multiprocessing.managers import SyncManager
 
+from temporalio import activity
 from temporalio.client import Client
-from temporalio.worker import SharedStateManager, Worker
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+    SharedStateManager,
+    Worker,
+)
 
 from quanto.activities import ingest as ingest_acts
 from quanto.activities import pipeline as acts
@@ -21,6 +28,7 @@ from quanto.activities import retrain as retrain_acts
 from quanto.activities import sweep as sweep_acts
 from quanto.activities import training as training_acts
 from quanto.contracts import ALL_QUEUES, PIPELINE_STAGES, QUEUE_COMPUTE, QUEUE_CONTROL, QUEUE_IO, QUEUE_TRAIN
+from quanto.observability.metrics import count_retry
 from quanto.workflows.ingest import IngestionWorkflow
 from quanto.workflows.pipeline import ResearchPipelineWorkflow
 from quanto.workflows.retrain import RetrainWorkflow
@@ -48,6 +56,22 @@ def _ignore_stop_signals() -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class CountRetries(Interceptor):
+    """Counts activity attempts after the first (quanto_activity_retries_total), for every activity of
+    the worker. Interceptors run in the worker's own process, also for activities of a process pool."""
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _CountRetriesInbound(next)
+
+
+class _CountRetriesInbound(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput) -> object:
+        info = activity.info()
+        if info.attempt > 1:
+            count_retry(info.activity_type)
+        return await super().execute_activity(input)
 
 
 def activities_by_queue() -> dict[str, list]:
@@ -109,6 +133,7 @@ async def run_workers(
                     # Heartbeats carry progress the CLI shows; the SDK would otherwise hold them back
                     # for 80 % of the heartbeat timeout.
                     max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+                    interceptors=[CountRetries()],
                     **kwargs,
                 )
             )
