@@ -32,4 +32,8 @@ USER quanto
 
 ENV QUANTO_LAKE_ROOT=/data/lake
 
+# Prometheus metrics (Quanto's and the Temporal SDK's) at :9464/metrics; set it empty to turn them off.
+ENV QUANTO_METRICS_PORT=9464
+EXPOSE 9464
+
 CMD ["quanto", "worker"]
