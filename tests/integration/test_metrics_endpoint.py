@@ -22,6 +22,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from quanto.observability.metrics import TEMPORAL_SDK_METRICS
 from quanto.starter.ingest import start_ingest
 from quanto.starter.pipeline import start_pipeline
+from quanto.starter.server import DevServer
 from quanto.workers.build import CountRetries
 from tests.conftest import free_port, start_worker
 from tests.integration.conftest import DAILY, connect, stop_process_group, write_config
@@ -64,23 +65,32 @@ def total(series: dict, name: str, **labels: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def metrics_url(temporal_server, pg_dsn, tmp_path_factory):
-    """A `quanto worker` of this module with its metrics endpoint on a free port."""
+def metrics_worker(pg_dsn, tmp_path_factory):
+    """A dev server of this module alone (the session's worker must not take these runs' tasks) and a
+    `quanto worker` on it with its metrics endpoint on a free port: (server address, metrics URL)."""
+    folder = tmp_path_factory.mktemp("metrics-worker")
+    server = DevServer(state_dir=folder / "temporal", port=free_port(), ui_port=0)
+    server.start(wait_s=60)
     port = free_port()
     proc = start_worker(
-        tmp_path_factory.mktemp("metrics-worker") / "worker.log", env={"QUANTO_METRICS_PORT": str(port)}
+        folder / "worker.log", env={"TEMPORAL_ADDRESS": server.address, "QUANTO_METRICS_PORT": str(port)}
     )
-    yield f"http://127.0.0.1:{port}/metrics"
-    assert stop_process_group(proc, wait_s=20) == 0
+    try:
+        yield server.address, f"http://127.0.0.1:{port}/metrics"
+    finally:
+        code = stop_process_group(proc, wait_s=20)
+        server.stop()
+    assert code == 0  # the worker (endpoint, pool, metrics folder) stops cleanly
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def runs(metrics_url, tmp_path_factory):
+async def runs(metrics_worker, tmp_path_factory):
     """Side by side (the worker's first activities pay its cold start): a validate-only pipeline run
     (ingest on the I/O queue, validate in the compute process pool), a run that fails validation and
     an ingestion job on the sample vendor; then one scrape."""
+    address, metrics_url = metrics_worker
     folder = tmp_path_factory.mktemp("metrics-runs")
-    client = await connect()
+    client = await connect(address)
     # The pool's first processes start cold (imports) on a busy machine: a roomy heartbeat timeout.
     base = {**DAILY, "runtime": {"heartbeat_timeout_s": 60}}
     _, ok = write_config(
