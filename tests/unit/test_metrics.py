@@ -229,3 +229,47 @@ def test_pool_child_counts_reach_the_parent_endpoint(tmp_path: Path):
 def test_in_process_mode_without_multiprocess_folder():
     assert os.environ.get(metrics.MULTIPROC_ENV) is None  # pytest itself keeps values in memory
     assert metrics.multiprocess_dir() is None
+
+
+# --- prediction latency from every model family ---------------------------------------------------------
+
+
+def _model_classes():
+    import numpy as np
+
+    from quanto.models.base import Model
+
+    class Stub(Model):
+        """Predicts zeros; the abstract rest is never called."""
+
+        family = "t-stub"
+
+        def predict(self, design, rows):
+            return np.zeros(len(rows))
+
+        fit = feature_importance = _save_state = _load_state = None  # type: ignore[assignment]
+
+    class Blend(Stub):
+        """Calls its members' predict, as an ensemble does."""
+
+        family = "t-blend"
+
+        def predict(self, design, rows):
+            return sum(member.predict(design, rows) for member in self.members) / len(self.members)
+
+    return Stub, Blend
+
+
+def test_every_family_reports_prediction_latency_once_per_outer_call():
+    import numpy as np
+
+    stub_cls, blend_cls = _model_classes()
+    stub = object.__new__(stub_cls)  # no config needed: predict uses no state
+    blend = object.__new__(blend_cls)
+    blend.members = [object.__new__(stub_cls), object.__new__(stub_cls)]
+    rows = np.arange(5)
+    assert stub.predict(None, rows).shape == (5,)
+    assert blend.predict(None, rows).shape == (5,)
+    assert value("quanto_prediction_latency_seconds_count", family="t-stub") == 1
+    # The members' calls are part of the blend's time, not predictions of their own.
+    assert value("quanto_prediction_latency_seconds_count", family="t-blend") == 1
