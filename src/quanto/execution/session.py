@@ -27,6 +27,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,7 @@ from quanto.execution.strategy import OrderPlan, SessionModel, plan_orders
 log = logging.getLogger(__name__)
 
 RECENT_ORDERS = 20  # orders kept in the workflow's snapshot besides the open ones
+SUBMIT_THREADS = 4
 
 
 @dataclass
@@ -122,6 +124,8 @@ class TradingLoop:
         self.limits_seen: dict | None = None
         self.recorded_book: tuple | None = None  # the positions last recorded
         self.breaches: set[tuple[str, str]] = set()  # (rule, action) already acted on
+        # Orders of one bar go out concurrently: 50 sequential round trips would miss the latency goal.
+        self.pool = ThreadPoolExecutor(max_workers=SUBMIT_THREADS, thread_name_prefix="submit")
         self.last_fill_ts: dt.datetime | None = None
         self.conn: Any = None  # the records connection, open while `run` runs
         self.gate: Any = None  # the submission gate's connection
@@ -143,7 +147,10 @@ class TradingLoop:
             self.conn.autocommit = True
             self.gate.autocommit = True
             self.state = records.ensure_control(self.conn, self.workflow_id, self.account_name)
-            self._trade(groups, resume)
+            try:
+                self._trade(groups, resume)
+            finally:
+                self.pool.shutdown(wait=True)
         self.stats.state = self.state
         return self.stats
 
@@ -235,7 +242,10 @@ class TradingLoop:
         intent: str,
         tif: str,
     ) -> None:
-        """Risk-check and submit the bar's orders inside the submission gate (module docstring)."""
+        """Risk-check the bar's orders one by one (each sees the ones approved before it), submit the
+        approved ones concurrently, all inside the submission gate (module docstring); then record
+        every decision and order — after the acknowledgements, which is what the latency is about
+        (a restart in between re-records them: the retried bar finds its orders by id)."""
         from quanto.execution.risk import ProposedOrder, RiskView, check_order
         from quanto.observability import metrics
         from quanto.store import trading as records
@@ -245,16 +255,16 @@ class TradingLoop:
         projected = {s: p.qty for s, p in positions.items()}
         prices = {s: self.last_closes.get(s, p.current_price) for s, p in positions.items()}
         prices.update({p.symbol: p.price for p in plans})
-        conn = self.conn
+        decisions, approved = [], []
         with records.submission_gate(self.gate, self.workflow_id) as state:
             self.state = state
+            cutoff = decided_at - dt.timedelta(seconds=60)
+            while self.submitted and self.submitted[0] < cutoff:
+                self.submitted.popleft()
             for plan in plans:
-                cutoff = decided_at - dt.timedelta(seconds=60)
-                while self.submitted and self.submitted[0] < cutoff:
-                    self.submitted.popleft()
                 view = RiskView(
                     ts=decided_at,
-                    state=state,
+                    state=state,  # type: ignore[arg-type]
                     equity=equity,
                     opening_equity=float(self.opening_equity or equity),
                     peak_equity=self.peak_equity,
@@ -265,53 +275,51 @@ class TradingLoop:
                 )
                 proposed = ProposedOrder(symbol=plan.symbol, side=plan.side, qty=plan.qty, price=plan.price)  # type: ignore[arg-type]
                 decision = check_order(proposed, view, self.cfg.risk)
-                records.record_risk(
-                    conn,
-                    self.workflow_id,
-                    self.account_name,
-                    decided_at,
-                    rule=decision.rule,
-                    action="approve" if decision.approved else "refuse",
-                    reason=decision.reason,
-                    symbol=plan.symbol,
-                    side=plan.side,
-                    qty=plan.qty,
-                    notional=decision.notional,
-                )
-                if not decision.approved:
-                    self.stats.refused += 1
-                    metrics.count_order(self.account_name, "rejected")
-                    metrics.count_risk_breach(self.account_name, decision.rule)
-                    continue
-                cid = client_order_id(self.workflow_id, bar_ts.to_pydatetime(), plan.symbol, intent)
-                request = OrderRequest(
-                    client_order_id=cid,
-                    symbol=plan.symbol,
-                    side=plan.side,  # type: ignore[arg-type]
-                    qty=plan.qty,
-                    time_in_force=tif,  # type: ignore[arg-type]
-                )
-                try:
-                    order = self.broker.submit(request)
-                except BrokerError as err:
-                    if err.retryable:
-                        raise
-                    self.stats.refused += 1
-                    metrics.count_order(self.account_name, "rejected")
-                    records.append_audit(
-                        conn, self.workflow_id, self.account_name, decided_at, "order",
-                        {"client_order_id": cid, "symbol": plan.symbol, "rejected": str(err)},
-                    )  # fmt: skip
-                    continue
-                self.submitted.append(decided_at)
-                projected[plan.symbol] = plan.target
-                self.orders[cid] = order
-                self.intents[cid] = (intent, decided_at)
-                records.record_order(
-                    conn, self.workflow_id, self.account_name, order, intent=intent, decision_ts=decided_at
-                )
-                self.stats.orders += 1
-                metrics.count_order(self.account_name, "submitted")
+                decisions.append((plan, decision))
+                if decision.approved:
+                    projected = {**projected, plan.symbol: plan.target}
+                    self.submitted.append(decided_at)
+                    cid = client_order_id(self.workflow_id, bar_ts.to_pydatetime(), plan.symbol, intent)
+                    approved.append(
+                        OrderRequest(cid, plan.symbol, plan.side, plan.qty, time_in_force=tif)  # type: ignore[arg-type]
+                    )
+            results = list(self.pool.map(self._send, approved))
+        for plan, decision in decisions:
+            records.record_risk(
+                self.conn, self.workflow_id, self.account_name, decided_at, rule=decision.rule,
+                action="approve" if decision.approved else "refuse", reason=decision.reason,
+                symbol=plan.symbol, side=plan.side, qty=plan.qty, notional=decision.notional,
+            )  # fmt: skip
+            if not decision.approved:
+                self.stats.refused += 1
+                metrics.count_order(self.account_name, "rejected")
+                metrics.count_risk_breach(self.account_name, decision.rule)
+        for request, result in zip(approved, results, strict=True):
+            if isinstance(result, BrokerError):
+                self.stats.refused += 1
+                metrics.count_order(self.account_name, "rejected")
+                records.append_audit(
+                    self.conn, self.workflow_id, self.account_name, decided_at, "order",
+                    {"client_order_id": request.client_order_id, "symbol": request.symbol, "rejected": str(result)},
+                )  # fmt: skip
+                continue
+            self.orders[request.client_order_id] = result
+            self.intents[request.client_order_id] = (intent, decided_at)
+            records.record_order(
+                self.conn, self.workflow_id, self.account_name, result, intent=intent, decision_ts=decided_at
+            )
+            self.stats.orders += 1
+            metrics.count_order(self.account_name, "submitted")
+
+    def _send(self, request: OrderRequest) -> Order | BrokerError:
+        """Submit one order; a rejection is returned (recorded by the caller), a network failure that
+        retrying may fix is raised (the activity retries, and the retried bar looks its orders up)."""
+        try:
+            return self.broker.submit(request)
+        except BrokerError as err:
+            if err.retryable:
+                raise
+            return err
 
     def _sync(self, now: dt.datetime) -> None:
         """Record the broker's new fills and the state of the orders this loop placed."""

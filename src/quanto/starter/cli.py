@@ -24,6 +24,7 @@ from quanto.config.models import PipelineConfig
 from quanto.config.retrain import RetrainConfig
 from quanto.config.schedules import SchedulesConfig
 from quanto.config.sweep import SweepJob
+from quanto.config.trading import TradingConfig
 from quanto.errors import InputError
 
 app = typer.Typer(
@@ -40,6 +41,9 @@ backtest_app = typer.Typer(
 models_app = typer.Typer(no_args_is_help=True, help="The model registry: candidates and production models.")
 schedule_app = typer.Typer(no_args_is_help=True, help="Temporal Schedules from configs/schedules.yaml.")
 retrain_app = typer.Typer(no_args_is_help=True, help="Retrain on a rolling window; promote only winners.")
+trade_app = typer.Typer(no_args_is_help=True, help="Trading days: start, watch, halt, flatten, resume.")
+exchange_app = typer.Typer(no_args_is_help=True, help="The local paper exchange (Alpaca's Trading API).")
+trade_app.add_typer(exchange_app, name="exchange")
 app.add_typer(server_app, name="server")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(config_app, name="config")
@@ -49,6 +53,7 @@ app.add_typer(backtest_app, name="backtest")
 app.add_typer(models_app, name="models")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(retrain_app, name="retrain")
+app.add_typer(trade_app, name="trade")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 STATE_DIR = Path(os.environ.get("QUANTO_HOME", ".quanto"))
@@ -74,6 +79,7 @@ CONFIG_KINDS: dict[str, type] = {
     "ingest": IngestConfig,
     "schedules": SchedulesConfig,
     "retrain": RetrainConfig,
+    "trading": TradingConfig,
 }
 
 
@@ -741,6 +747,206 @@ def retrain_ls(
         for r in rows
     )
     _emit(as_json, {"decisions": rows}, text or "no retraining decisions recorded yet")
+
+
+# --- trade --------------------------------------------------------------------------------------------
+
+SessionId = Annotated[str | None, typer.Option("--id", help="Workflow id (default: the latest session).")]
+SessionConfig = Annotated[
+    Path | None, typer.Option("--config", "-c", help="The trading job file (its session is meant).")
+]
+
+
+def _trade_call(as_json: bool, action: Any) -> Any:
+    """Run `action(client)` against Temporal; bad input exits 2, an unknown session exits 2."""
+    from temporalio.service import RPCError
+
+    from quanto.starter.client import connect
+
+    async def main() -> Any:
+        return await action(await connect())
+
+    try:
+        return asyncio.run(main())
+    except (InputError, ConfigError) as err:
+        _fail(as_json, 2, str(err))
+    except RPCError as err:
+        _fail(as_json, 2, f"trading session: {err.message}")
+
+
+@trade_app.command("start")
+def trade_start(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Trading job file (YAML).")],
+    date: Annotated[str | None, typer.Option("--date", help="Session date (default: the job's).")] = None,
+    confirm_live: Annotated[
+        bool, typer.Option("--confirm-live", help="Required with mode: live (real money).")
+    ] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the session closes.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Start TradingDayWorkflow for the job's session (a repeated start attaches to the running one)."""
+    import datetime as dt
+
+    from quanto.execution.day import check_live
+    from quanto.starter.client import ui_link
+    from quanto.starter.trade import start_trading
+
+    cfg = _load(TradingConfig, config, as_json)
+    try:
+        day = dt.date.fromisoformat(date) if date else cfg.session_date()
+    except ValueError:
+        _fail(as_json, 2, f"--date: expected YYYY-MM-DD, got {date!r}")
+    try:
+        check_live(cfg, confirm_live)  # before anything connects or starts
+    except InputError as err:
+        _fail(as_json, 2, str(err))
+
+    async def action(client: Any) -> dict:
+        handle = await start_trading(client, cfg, str(config), day, confirm_live)
+        out: dict[str, Any] = {
+            "workflow_id": handle.id,
+            "run_id": handle.result_run_id,
+            "ui_url": ui_link(handle.id),
+        }
+        if not as_json:
+            print(f"trading {handle.id}\n  Web UI: {out['ui_url']}", file=sys.stderr)
+        if wait:
+            result = await handle.result()
+            out.update(result.model_dump(mode="json"))
+        return out
+
+    out = _trade_call(as_json, action)
+    text = f"workflow {out['workflow_id']}: {out.get('status', 'started')}"
+    if out.get("report_html"):
+        text += f"\n  session report: {out['report_html']}"
+    _emit(as_json, out, text)
+
+
+@trade_app.command("status")
+def trade_status(
+    workflow_id: SessionId = None, config: SessionConfig = None, as_json: JsonFlag = False
+) -> None:
+    """State (ACTIVE|REDUCING|HALTED), when it halted, positions, orders and P&L of a session."""
+    from quanto.starter.trade import find_session, status
+
+    out = _trade_call(as_json, lambda client: _then(find_session(client, workflow_id, config), status))
+    pnl = out.get("pnl") or {}
+    text = (
+        f"{out['workflow_id']}: {out['state']} ({out.get('phase')})"
+        + (f", halted at {out['halted_at']}" if out.get("halted_at") else "")
+        + f"\n  equity {pnl.get('equity', '—')}  P&L {pnl.get('pnl', '—')}  positions {len(out['positions'])}"
+        f"  orders {len(out['orders'])}"
+    )
+    _emit(as_json, out, text)
+
+
+async def _then(handle_coro: Any, fn: Any, *args: Any) -> Any:
+    return await fn(await handle_coro, *args)
+
+
+def _trade_signal(
+    signal: str, reason: str | None, workflow_id: str | None, config: Path | None, as_json: bool
+) -> None:
+    from quanto.starter.trade import control, find_session
+
+    out = _trade_call(
+        as_json, lambda client: _then(find_session(client, workflow_id, config), control, signal, reason)
+    )
+    _emit(as_json, out, f"{out['workflow_id']}: {signal} sent; state {out['state']}")
+
+
+ReasonOption = Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")]
+
+
+@trade_app.command("halt")
+def trade_halt(
+    reason: ReasonOption,
+    workflow_id: SessionId = None,
+    config: SessionConfig = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Kill switch: no new orders, open orders cancelled."""
+    _trade_signal("halt", reason, workflow_id, config, as_json)
+
+
+@trade_app.command("flatten")
+def trade_flatten(
+    reason: ReasonOption,
+    workflow_id: SessionId = None,
+    config: SessionConfig = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Halt and close every position."""
+    _trade_signal("flatten", reason, workflow_id, config, as_json)
+
+
+@trade_app.command("resume")
+def trade_resume(
+    workflow_id: SessionId = None, config: SessionConfig = None, as_json: JsonFlag = False
+) -> None:
+    """Trade again after a halt."""
+    _trade_signal("resume", None, workflow_id, config, as_json)
+
+
+@trade_app.command("limits")
+def trade_limits(
+    limits: Annotated[
+        str, typer.Argument(help="New risk limits as JSON, e.g. '{\"max_daily_loss\": 0.01}'.")
+    ],
+    workflow_id: SessionId = None,
+    config: SessionConfig = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Change a running session's risk limits (validated by the workflow's update; a bad value changes nothing)."""
+    from temporalio.client import WorkflowUpdateFailedError
+
+    from quanto.starter.trade import find_session
+
+    try:
+        wanted = json.loads(limits)
+    except json.JSONDecodeError as err:
+        _fail(as_json, 2, f"limits: not JSON ({err})")
+
+    async def action(client: Any) -> dict:
+        handle = await find_session(client, workflow_id, config)
+        try:
+            current = await handle.execute_update("set_risk_limits", wanted, result_type=dict)
+        except WorkflowUpdateFailedError as err:
+            raise InputError(str(getattr(err.cause, "message", err.cause))) from err
+        return {"workflow_id": handle.id, "limits": current}
+
+    out = _trade_call(as_json, action)
+    _emit(as_json, out, json.dumps(out["limits"], indent=2))
+
+
+PortOption = Annotated[int, typer.Option("--port", help="The exchange's port on 127.0.0.1.")]
+
+
+@exchange_app.command("start")
+def exchange_start(port: PortOption = 8765, as_json: JsonFlag = False) -> None:
+    """Start the local paper exchange in the background (no-op when it already runs)."""
+    from quanto.starter.exchange import ensure_exchange
+
+    url = ensure_exchange(port)
+    _emit(as_json, {"url": url}, f"paper exchange at {url}")
+
+
+@exchange_app.command("stop")
+def exchange_stop(port: PortOption = 8765, as_json: JsonFlag = False) -> None:
+    """Stop the local paper exchange."""
+    from quanto.starter.exchange import stop_exchange
+
+    stopped = stop_exchange(port)
+    _emit(as_json, {"stopped": stopped}, "stopped" if stopped else "no exchange was running")
+
+
+@exchange_app.command("status")
+def exchange_status_cmd(port: PortOption = 8765, as_json: JsonFlag = False) -> None:
+    """Whether the local paper exchange runs, and where."""
+    from quanto.starter.exchange import exchange_status
+
+    out = exchange_status(port)
+    _emit(as_json, out, json.dumps(out))
 
 
 # --- schedules ----------------------------------------------------------------------------------------

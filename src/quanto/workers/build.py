@@ -26,13 +26,23 @@ from quanto.activities import ingest as ingest_acts
 from quanto.activities import pipeline as acts
 from quanto.activities import retrain as retrain_acts
 from quanto.activities import sweep as sweep_acts
+from quanto.activities import trading as trading_acts
 from quanto.activities import training as training_acts
-from quanto.contracts import ALL_QUEUES, PIPELINE_STAGES, QUEUE_COMPUTE, QUEUE_CONTROL, QUEUE_IO, QUEUE_TRAIN
+from quanto.contracts import (
+    ALL_QUEUES,
+    PIPELINE_STAGES,
+    QUEUE_COMPUTE,
+    QUEUE_CONTROL,
+    QUEUE_EXEC,
+    QUEUE_IO,
+    QUEUE_TRAIN,
+)
 from quanto.observability.metrics import count_retry
 from quanto.workflows.ingest import IngestionWorkflow
 from quanto.workflows.pipeline import ResearchPipelineWorkflow
 from quanto.workflows.retrain import RetrainWorkflow
 from quanto.workflows.sweep import SweepWorkflow
+from quanto.workflows.trading import TradingDayWorkflow
 from quanto.workflows.training import TrainingWorkflow
 
 WORKFLOWS = {
@@ -42,9 +52,13 @@ WORKFLOWS = {
         SweepWorkflow,
         IngestionWorkflow,
         RetrainWorkflow,
+        TradingDayWorkflow,
     ]
 }
 PROCESS_POOL_QUEUES = {"quanto-compute"}
+# quanto-exec runs a session loop per account for hours next to short control activities (a halt
+# must never wait for a free thread), so it gets threads beyond the CPU count.
+EXEC_THREADS = 16
 HEARTBEAT_THROTTLE = timedelta(seconds=2)
 
 
@@ -85,6 +99,7 @@ def activities_by_queue() -> dict[str, list]:
     out[QUEUE_IO].extend(ingest_acts.INGEST_ACTIVITIES)
     for queue, activities in retrain_acts.RETRAIN_ACTIVITIES.items():
         out.setdefault(queue, []).extend(activities)
+    out.setdefault(QUEUE_EXEC, []).extend(trading_acts.TRADING_ACTIVITIES)
     return out
 
 
@@ -120,10 +135,12 @@ async def run_workers(
                     stack.callback(manager.shutdown)
                     kwargs["shared_state_manager"] = SharedStateManager.create_from_multiprocessing(manager)
                 else:
-                    executor = stack.enter_context(
-                        concurrent.futures.ThreadPoolExecutor(max_workers=pool_size())
-                    )
-                kwargs.update(activity_executor=executor, max_concurrent_activities=pool_size())
+                    size = EXEC_THREADS if queue == QUEUE_EXEC else pool_size()
+                    executor = stack.enter_context(concurrent.futures.ThreadPoolExecutor(max_workers=size))
+                kwargs.update(
+                    activity_executor=executor,
+                    max_concurrent_activities=EXEC_THREADS if queue == QUEUE_EXEC else pool_size(),
+                )
             workers.append(
                 Worker(
                     client,
