@@ -1,1 +1,1 @@
-"""Logging (structlog) and, later, metrics."""
+"""Logging (structlog) and Prometheus metrics (Quanto's own and the Temporal SDK's, on one endpoint)."""
