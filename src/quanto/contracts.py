@@ -392,6 +392,7 @@ class TradingPrepared(BaseModel):
     model_id: str | None = None
     state: str = "ACTIVE"
     bars: int = 0
+    next_session: str | None = None  # the calendar's next session (continue-as-new)
 
 
 class TradingControl(BaseModel):

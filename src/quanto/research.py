@@ -35,11 +35,17 @@ STAGE_FUNCTIONS: dict[str, StageFn] = {
 assert tuple(STAGE_FUNCTIONS) == tuple(s.name for s in PIPELINE_STAGES)
 
 
-def run_pipeline_local(cfg: PipelineConfig, ctx: StageContext, source: str = "") -> dict[str, StageResult]:
-    """Run every stage in order in this process; returns each stage's result."""
+def run_pipeline_local(
+    cfg: PipelineConfig, ctx: StageContext, source: str = "", until: str | None = None
+) -> dict[str, StageResult]:
+    """Run the stages in order in this process (up to and including `until`, and only the stages it
+    needs); returns each stage's result."""
     config = cfg.model_dump(mode="json")
     results: dict[str, StageResult] = {}
+    wanted = _needed(until) if until else {s.name for s in PIPELINE_STAGES}
     for spec in PIPELINE_STAGES:
+        if spec.name not in wanted:
+            continue
         req = StageRequest(
             stage=spec.name,
             config=config,
@@ -50,3 +56,17 @@ def run_pipeline_local(cfg: PipelineConfig, ctx: StageContext, source: str = "")
         )
         results[spec.name] = STAGE_FUNCTIONS[spec.name](req, ctx)
     return results
+
+
+def _needed(stage: str) -> set[str]:
+    """`stage` and every stage it reads, transitively."""
+    specs = {s.name: s for s in PIPELINE_STAGES}
+    if stage not in specs:
+        raise ValueError(f"unknown stage {stage!r}; stages: {list(specs)}")
+    out, todo = set(), [stage]
+    while todo:
+        name = todo.pop()
+        if name not in out:
+            out.add(name)
+            todo.extend(specs[name].needs)
+    return out

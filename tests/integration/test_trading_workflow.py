@@ -76,7 +76,8 @@ async def test_halt_resume_flatten_mid_session(session_worker, trained, exchange
         account="ctl",
         feed={
             "source": "replay",
-            "replay": {"date": "2024-03-15", "speed": 600, "warmup_sessions": 1, "bars": 120},
+            "warmup_sessions": 1,
+            "replay": {"date": "2024-03-15", "speed": 600, "bars": 120},
         },
     )
     client = await connect()
@@ -159,7 +160,8 @@ async def test_daily_loss_breach_halts_automatically(session_worker, trained, ex
         risk={"max_daily_loss": 0.00005, "max_drawdown": 0.5, "min_window_return": -0.5},
         feed={
             "source": "replay",
-            "replay": {"date": "2024-03-15", "speed": 0, "warmup_sessions": 1, "bars": 120},
+            "warmup_sessions": 1,
+            "replay": {"date": "2024-03-15", "speed": 0, "bars": 120},
         },
     )
     client = await connect()
@@ -190,7 +192,8 @@ async def test_worker_killed_while_submitting_never_doubles_an_order(
         account="kill",
         feed={
             "source": "replay",
-            "replay": {"date": "2024-03-15", "speed": 900, "warmup_sessions": 1, "bars": 80},
+            "warmup_sessions": 1,
+            "replay": {"date": "2024-03-15", "speed": 900, "bars": 80},
         },
     )
     worker = start_worker(tmp_path / "w1.log")
@@ -236,7 +239,8 @@ async def test_halt_survives_worker_and_server_restarts(own_server, trained, exc
         account="durable",
         feed={
             "source": "replay",
-            "replay": {"date": "2024-03-15", "speed": 200, "warmup_sessions": 1, "bars": 150},
+            "warmup_sessions": 1,
+            "replay": {"date": "2024-03-15", "speed": 200, "bars": 150},
         },
     )
     worker = start_worker(tmp_path / "w1.log", env={"TEMPORAL_ADDRESS": own_server.address})
@@ -289,3 +293,58 @@ def test_live_mode_refuses_to_start_without_confirmation(tmp_path, trained):
     )  # fmt: skip
     assert out.returncode == 2, out
     assert "--confirm-live" in json.loads(out.stdout)["error"]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_live_feed_skips_a_holiday_and_continues_as_new(
+    temporal_server, trained, exchange_port, tmp_path
+):
+    """Christmas 2024 is a holiday: the run finds no session and continues as new for the 26th, whose
+    last 20 minutes come from Alpaca's stream (a fake server) and are paper-traded on the local exchange."""
+    from temporalio.client import WorkflowExecutionStatus
+
+    from tests.fakes.vendor_ws import FakeAlpacaServer
+    from tests.integration.trading_support import SYMBOLS
+
+    lake, _ = trained
+    start = dt.datetime(2024, 12, 26, 20, 40, tzinfo=dt.UTC)  # 20 minutes before the 16:00 New York close
+    with FakeAlpacaServer(symbols=SYMBOLS, start=start, steps=20, interval_s=0.05) as server:
+        cfg = trading_config(
+            lake,
+            exchange_port,
+            account="live",
+            continue_as_new=True,
+            feed={"source": "alpaca", "url": server.url, "warmup_sessions": 1, "grace_s": 1.0},
+        )
+        keys = {
+            "ALPACA_API_KEY_ID": server.credentials["key"],
+            "ALPACA_API_SECRET_KEY": server.credentials["secret"],
+        }
+        worker = start_worker(tmp_path / "worker.log", env=keys)
+        client = await connect()
+        handle = await start_trading(client, cfg, "", dt.date(2024, 12, 25), confirm_live=False)
+        try:
+
+            async def runs():
+                found = [wf async for wf in client.list_workflows(f"WorkflowId = '{handle.id}'")]
+                continued = [wf for wf in found if wf.status == WorkflowExecutionStatus.CONTINUED_AS_NEW]
+                return found if len(continued) >= 2 else None  # the holiday, then the 26th
+
+            found = await wait_for(runs, 180, "the holiday's run and the 26th's run to continue as new")
+        finally:
+            await client.get_workflow_handle(handle.id).terminate("test over")
+            stop_process_group(worker)
+    first = min(found, key=lambda wf: wf.start_time)
+    history = await client.get_workflow_handle(handle.id, run_id=first.run_id).fetch_history()
+    activities = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    assert activities == ["trading.prepare"]  # a holiday: no session activity
+    with db_connect() as conn:
+        recorded = records.session_records(conn, handle.id)
+    pnl = recorded["pnl"]
+    days = {pd_ts.date() for pd_ts in pnl["ts"]}
+    assert days == {dt.date(2024, 12, 26)} and len(pnl) == 20  # every streamed minute, nothing else
+    assert len(recorded["fills"]) > 0 and recorded["orders"]["client_order_id"].is_unique

@@ -11,7 +11,6 @@ import yaml
 
 from quanto.config.models import PipelineConfig
 from quanto.config.trading import TradingConfig
-from quanto.contracts import StageRequest
 from quanto.lake.materialize import StageContext
 from quanto.lake.storage import Lake
 
@@ -44,7 +43,7 @@ TRADING: dict[str, Any] = {
         "symbols": SYMBOLS,
         "synthetic": {"seed": SEED, "bad_tick_rate": 0.0},
     },
-    "feed": {"source": "replay", "replay": {"date": "2024-03-15", "speed": 0, "warmup_sessions": 1}},
+    "feed": {"source": "replay", "warmup_sessions": 1, "replay": {"date": "2024-03-15", "speed": 0}},
     "model": {"job": "trading-test-research"},
     "strategy": {"mode": "long_short", "fraction": 0.04, "commission_bps": 1, "slippage_bps": 2},
     # Loose account limits: the parity test compares with a backtest, which has none of them.
@@ -56,26 +55,12 @@ TRADING: dict[str, Any] = {
 def train_research_model(lake_root: Path, dsn: str) -> str:
     """Train the research job's model in-process (ingest → train), promote it, return its id."""
     from quanto.models.registry import promote
-    from quanto.research import STAGE_FUNCTIONS
+    from quanto.research import run_pipeline_local
     from quanto.store.db import connect
 
     cfg = PipelineConfig.model_validate({**RESEARCH, "lake_root": str(lake_root)})
     ctx = StageContext(lake=Lake(lake_root), workflow_id="trading-test-research", run_id="r1", dsn=dsn)
-    config = cfg.model_dump(mode="json")
-    needs = {
-        "ingest": [],
-        "validate": ["ingest"],
-        "features": ["validate"],
-        "labels": ["validate"],
-        "train": ["features", "labels"],
-    }
-    results: dict[str, Any] = {}
-    for stage, inputs in needs.items():
-        req = StageRequest(
-            stage=stage, config=config, inputs={n: results[n] for n in inputs}, workflow_id="t", run_id="r1"
-        )
-        results[stage] = STAGE_FUNCTIONS[stage](req, ctx)
-    model_id = results["train"].summary["model_id"]
+    model_id = run_pipeline_local(cfg, ctx, until="train")["train"].summary["model_id"]
     with connect(dsn) as conn:
         promote(conn, model_id)
     return model_id

@@ -30,6 +30,15 @@ from quanto.lake.materialize import StageContext
 from quanto.lake.storage import Lake
 
 
+def _exchange_up(cfg: TradingConfig) -> None:
+    """Start the local paper exchange when the job trades on it and nothing answers on its port.
+    (Its process handling is the CLI's, shared with the dev server: the one upward import here.)"""
+    if cfg.broker.kind == "local" and cfg.broker.url is None:
+        from quanto.starter.exchange import ensure_exchange
+
+        ensure_exchange(cfg.broker.port)
+
+
 def _context(cfg: TradingConfig, info: activity.Info | None = None) -> StageContext:
     """The stage context of this activity's workflow on the job's lake."""
     info = info or activity.info()
@@ -48,15 +57,9 @@ def prepare(req: TradingRequest) -> TradingPrepared:
         cfg = TradingConfig.model_validate(req.config)
         ctx = _context(cfg)
         prepared = day.prepare_day(cfg, ctx, dt.date.fromisoformat(req.session_date), req.confirm_live)
-        if prepared["is_session"] and cfg.broker.kind == "local" and cfg.feed.source == "replay":
-            day.open_broker(cfg)  # starts the local exchange when none runs
-            from quanto.store import trading as records
-            from quanto.store.db import connect
-
-            with connect() as conn:  # a fresh replay only: never reset an account that already traded
-                traded = not records.session_records(conn, ctx.workflow_id)["orders"].empty
-            if not traded:
-                day.reset_local_account(cfg)
+        if prepared["is_session"] and cfg.broker.kind == "local":
+            _exchange_up(cfg)
+            day.prepare_local_account(cfg, ctx)
         return TradingPrepared(**prepared)
 
 
@@ -95,6 +98,7 @@ async def session(req: TradingSessionRequest) -> TradingResult:
 
     def trade() -> dict:
         with bad_input_is_final():
+            _exchange_up(cfg)
             return day.run_session(
                 cfg,
                 _context(cfg, info),
@@ -137,6 +141,7 @@ def control(req: TradingControl) -> TradingControlResult:
 
     with bad_input_is_final():
         cfg = TradingConfig.model_validate(req.config)
+        _exchange_up(cfg)
         done = day.apply_control(
             cfg,
             None,

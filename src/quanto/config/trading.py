@@ -40,22 +40,31 @@ class BrokerConfig(Strict):
 
 class ReplayConfig(Strict):
     """A historical session replayed from lake bars: `date`'s bars (ingested and validated for the
-    universe's vendor first, with `warmup_sessions` sessions before it for the features), delivered
-    `speed` times faster than real time (390: a 390-minute day in a minute; 0: as fast as possible)."""
+    universe's vendor first, with the feed's warm-up sessions before it), delivered `speed` times
+    faster than real time (390: a 390-minute day in a minute; 0: as fast as possible)."""
 
     date: dt.date
     speed: float = Field(390.0, ge=0)
-    warmup_sessions: int = Field(3, ge=1, le=60)
     bars: int | None = Field(
         None, ge=2, description="replay only the session's first N bars and close there (quick looks, tests)"
     )
 
 
 class FeedConfig(Strict):
-    """Where bars come from: `replay` (lake data, any speed) or `alpaca` (Alpaca's live data stream)."""
+    """Where bars come from: `replay` (lake data, any speed) or `alpaca` (Alpaca's live data stream;
+    with the local exchange as broker, it fills paper orders from those live bars). The features'
+    warm-up is the `warmup_sessions` sessions before the day, from the lake (for a live feed: what
+    the nightly ingestion brought in, `universe.vendor: lake`)."""
 
     source: Literal["replay", "alpaca"] = "replay"
     feed: Literal["iex", "sip"] = Field("iex", description="alpaca: the data feed")
+    url: str | None = Field(None, description="alpaca: the data stream's URL (default: Alpaca's, by feed)")
+    grace_s: float = Field(
+        3.0,
+        gt=0,
+        description="alpaca: a minute's bars are traded once all arrived or this long after the first",
+    )
+    warmup_sessions: int = Field(3, ge=1, le=60, description="sessions of history before the day")
     replay: ReplayConfig | None = None
 
     @model_validator(mode="after")
@@ -156,8 +165,6 @@ class TradingConfig(Strict):
             raise ValueError("strategy.fill must be next_open for trading: an order fills after its decision")
         if self.mode == "live" and self.broker.kind == "local":
             raise ValueError("mode live needs broker kind alpaca (the local exchange is paper only)")
-        if self.feed.source == "alpaca" and self.broker.kind == "local":
-            raise ValueError("feed alpaca (live bars) needs broker kind alpaca; the local exchange replays")
         if self.universe.vendor == "synthetic" and self.universe.timeframe != "1min":
             raise ValueError("the synthetic vendor generates 1min bars; set universe.timeframe: 1min")
         if (self.universe.vendor == "lake") != (self.universe.source is not None):

@@ -33,15 +33,12 @@ def check_live(cfg: TradingConfig, confirmed: bool) -> None:
 
 
 def open_broker(cfg: TradingConfig) -> Broker:
-    """The job's broker: the Alpaca adapter on the local exchange (started when none runs; one
-    exchange account per Quanto account) or on Alpaca (keys from the environment)."""
+    """The job's broker: the Alpaca adapter on the local exchange (one exchange account per Quanto
+    account; the exchange must be running: `quanto trade exchange start`, or the trading activities
+    start it) or on Alpaca (keys from the environment)."""
     from quanto.execution.alpaca import LOCAL_SECRET, AlpacaBroker
 
     if cfg.broker.kind == "local":
-        if cfg.broker.url is None:
-            from quanto.starter.exchange import ensure_exchange
-
-            ensure_exchange(cfg.broker.port)
         return AlpacaBroker(cfg.broker.base_url(cfg.mode), account_key(cfg), LOCAL_SECRET)
     try:
         return AlpacaBroker.from_env(cfg.broker, cfg.mode)
@@ -67,13 +64,14 @@ def production_model(dsn: str | None, job: str) -> str | None:
 def prepare_day(cfg: TradingConfig, ctx: StageContext, date: dt.date, confirmed: bool) -> dict[str, Any]:
     """Check the day: live confirmation, the calendar (a holiday is not traded), the production model,
     the replay's bars (ingested and validated now, so the session starts at once), the control row."""
-    from quanto.execution.replay import replay_bars, session_times
+    from quanto.execution.replay import next_session, replay_bars, session_times
     from quanto.store import trading as records
 
     check_live(cfg, confirmed)
     times = session_times(cfg.calendar, date)
+    following = next_session(cfg.calendar, date).isoformat()
     if not times.is_session:
-        return {"is_session": False}
+        return {"is_session": False, "next_session": following}
     bars = 0
     if cfg.feed.source == "replay":
         frame, _ = replay_bars(cfg, ctx, date)
@@ -81,6 +79,12 @@ def prepare_day(cfg: TradingConfig, ctx: StageContext, date: dt.date, confirmed:
         if day.empty:
             raise InputError(f"replay {date}: no validated bars of {cfg.universe.symbols} in the session")
         bars = len(day)
+    else:  # live: the warm-up must be in the lake already (the nightly ingestion)
+        frame, _ = replay_bars(cfg, ctx, date, with_day=False)
+        if frame.empty:
+            raise InputError(
+                f"{date}: no validated bars of {cfg.universe.symbols} before the session to warm up on"
+            )
     with ctx.db() as conn:
         state = records.ensure_control(conn, ctx.workflow_id, cfg.account)
     return {
@@ -90,6 +94,7 @@ def prepare_day(cfg: TradingConfig, ctx: StageContext, date: dt.date, confirmed:
         "model_id": production_model(ctx.dsn, cfg.model.job),
         "state": state,
         "bars": bars,
+        "next_session": following,
     }
 
 
@@ -125,10 +130,9 @@ def run_session(
 
     broker = open_broker(cfg)
     market = None
-    if cfg.feed.source != "replay":
-        raise InputError("feed alpaca: the live bar feed is not wired to the trading loop yet; use a replay")
-    bars, _ = replay_bars(cfg, ctx, date)
-    if cfg.broker.kind == "local":
+    live = cfg.feed.source != "replay"
+    bars, _ = replay_bars(cfg, ctx, date, with_day=not live)
+    if cfg.broker.kind == "local":  # the local exchange fills from the bars the loop hands it
         from quanto.execution.replay_market import LocalReplayMarket
 
         market = LocalReplayMarket(cfg.broker.base_url(cfg.mode), account_key(cfg))
@@ -146,7 +150,35 @@ def run_session(
         heartbeat=heartbeat,
         periods_per_year=cfg.strategy.periods_per_year or periods_per_year_for(cfg.universe.timeframe),
     )
-    return asdict(loop.run(resume))
+    if not live:
+        return asdict(loop.run(resume))
+    from quanto.execution.feeds import alpaca_bars
+    from quanto.execution.replay import TIMEFRAME_SECONDS
+
+    seconds = TIMEFRAME_SECONDS[cfg.universe.timeframe]
+    with alpaca_bars(
+        cfg.feed.feed, cfg.feed.url, cfg.universe.symbols, session_close, seconds, cfg.feed.grace_s
+    ) as feed:
+        return asdict(loop.run(resume, feed=feed))
+
+
+def prepare_local_account(cfg: TradingConfig, ctx: StageContext) -> None:
+    """The account on the local exchange: a replay starts from a fresh one (unless this session
+    already traded: a retried prepare must not wipe it); live paper trading keeps its account from
+    day to day and creates it the first time."""
+    from quanto.execution.broker import BrokerError
+    from quanto.store import trading as records
+
+    if cfg.feed.source == "replay":
+        with ctx.db() as conn:
+            traded = not records.session_records(conn, ctx.workflow_id)["orders"].empty
+        if not traded:
+            reset_local_account(cfg)
+        return
+    try:
+        open_broker(cfg).account()
+    except BrokerError:
+        reset_local_account(cfg)
 
 
 def reset_local_account(cfg: TradingConfig) -> None:

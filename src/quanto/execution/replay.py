@@ -51,6 +51,14 @@ def session_times(calendar: str, date: dt.date) -> SessionTimes:
     )
 
 
+def next_session(calendar: str, date: dt.date) -> dt.date:
+    """The first session after `date` on the exchange calendar."""
+    import exchange_calendars as xcals
+
+    cal = xcals.get_calendar(calendar)
+    return cal.date_to_session(pd.Timestamp(date) + pd.Timedelta(days=1), direction="next").date()
+
+
 def warmup_start(calendar: str, date: dt.date, sessions: int) -> dt.date:
     """The first day of the `sessions` sessions before `date`."""
     import exchange_calendars as xcals
@@ -80,15 +88,17 @@ def research_config(cfg: TradingConfig, start: dt.date, end: dt.date) -> Pipelin
     )
 
 
-def replay_bars(cfg: TradingConfig, ctx: StageContext, date: dt.date) -> tuple[pd.DataFrame, StageResult]:
-    """Validated bars of the warm-up sessions and `date` (symbol, ts sorted), through the pipeline's
-    ingest and validate stages (content-addressed: a repeated prepare reuses them)."""
+def replay_bars(
+    cfg: TradingConfig, ctx: StageContext, date: dt.date, with_day: bool = True
+) -> tuple[pd.DataFrame, StageResult]:
+    """Validated bars of the warm-up sessions and (`with_day`) of `date` itself (symbol, ts sorted),
+    through the pipeline's ingest and validate stages (content-addressed: a repeated prepare reuses
+    them). A live session takes the warm-up only: its day comes from the stream."""
     from quanto.data.ingest import run_ingest
     from quanto.validation.stage import run_validate
 
-    assert cfg.feed.replay is not None
-    start = warmup_start(cfg.calendar, date, cfg.feed.replay.warmup_sessions)
-    job = research_config(cfg, start, date + dt.timedelta(days=1))
+    start = warmup_start(cfg.calendar, date, cfg.feed.warmup_sessions)
+    job = research_config(cfg, start, date + dt.timedelta(days=1) if with_day else date)
     config = job.model_dump(mode="json")
 
     def request(stage: str, inputs: dict[str, StageResult]) -> StageRequest:

@@ -26,7 +26,7 @@ import datetime as dt
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,16 +131,21 @@ class TradingLoop:
         self.gate: Any = None  # the submission gate's connection
 
     # ----------------------------------------------------------------------------------- the loop
-    def run(self, resume: dict | None = None) -> SessionStats:
-        """Trade every bar of the session (from the bar after `resume["bar_ts"]` on a retry)."""
+    def run(
+        self, resume: dict | None = None, feed: Iterable[tuple[pd.Timestamp, pd.DataFrame]] | None = None
+    ) -> SessionStats:
+        """Trade every bar of the session (from the bar after `resume["bar_ts"]` on a retry): the
+        replay's bars from `self.bars`, or those of a live `feed` (appended to the history as they come)."""
         from quanto.store import trading as records
 
-        groups = bar_groups(self.bars, self.open, self.close)
-        replay = self.cfg.feed.replay
-        if replay is not None and replay.bars is not None:
-            groups = groups[: replay.bars]
-        if not groups:
-            raise BrokerError(f"no bars between {self.open} and {self.close}: nothing to trade")
+        groups: list | None = None
+        if feed is None:
+            groups = bar_groups(self.bars, self.open, self.close)
+            replay = self.cfg.feed.replay
+            if replay is not None and replay.bars is not None:
+                groups = groups[: replay.bars]
+            if not groups:
+                raise BrokerError(f"no bars between {self.open} and {self.close}: nothing to trade")
         # Two autocommit connections for the session: records, and the submission gate's lock (a
         # gate's transaction must hold nothing else, so its records go through the other one).
         with self.db() as self.conn, self.db() as self.gate:
@@ -148,14 +153,17 @@ class TradingLoop:
             self.gate.autocommit = True
             self.state = records.ensure_control(self.conn, self.workflow_id, self.account_name)
             try:
-                self._trade(groups, resume)
+                self._trade(groups if groups is not None else feed, groups is None, resume)  # type: ignore[arg-type]
             finally:
                 self.pool.shutdown(wait=True)
         self.stats.state = self.state
         return self.stats
 
-    def _trade(self, groups: list, resume: dict | None) -> None:
-        """Reconcile, then every bar after the resume point, paced to the replay speed."""
+    def _trade(
+        self, groups: Iterable[tuple[pd.Timestamp, pd.DataFrame]], live: bool, resume: dict | None
+    ) -> None:
+        """Reconcile, then every bar after the resume point: a replay paced to its speed, a live
+        feed as its minutes complete."""
         done_until = pd.Timestamp(resume["bar_ts"]) if resume and resume.get("bar_ts") else None
         if resume:
             self.opening_equity = resume.get("opening_equity")
@@ -166,12 +174,15 @@ class TradingLoop:
         if self.opening_equity is None:
             self.opening_equity = self.broker.account().last_equity
         self.peak_equity = max(self.peak_equity, self.opening_equity)
-        speed = self.cfg.feed.replay.speed if self.cfg.feed.replay else 0.0
+        speed = self.cfg.feed.replay.speed if self.cfg.feed.replay and not live else 0.0
         step = pd.Timedelta(self._timeframe_seconds(), "s")
+        n = None if live else len(groups)  # type: ignore[arg-type]
         started, first = time.monotonic(), None
         for i, (ts, group) in enumerate(groups):
             if done_until is not None and ts <= done_until:  # finished before the restart
                 continue
+            if live:
+                self.bars = pd.concat([self.bars, group], ignore_index=True)
             first = ts if first is None else first
             if speed > 0 and self.market is not None:  # a replay at `speed` times real time
                 self.sleep(
@@ -180,7 +191,8 @@ class TradingLoop:
                         started + (ts - first) / step * self._timeframe_seconds() / speed - time.monotonic(),
                     )
                 )
-            self.bar(ts, group, last=i == len(groups) - 1)
+            last = ts + step >= pd.Timestamp(self.close) if live else i == n - 1  # type: ignore[operator]
+            self.bar(ts, group, last=last)
             self.heartbeat(self._checkpoint(ts))
         self._sync(self.close)  # the close's own fills (market-on-close) come after the last bar
 

@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from quanto.config.loading import load_config
 from quanto.config.models import PipelineConfig
@@ -51,7 +57,8 @@ def request_for(cfg: TradingConfig, source: str, date: dt.date | None, confirm_l
 async def start_trading(
     client: Client, cfg: TradingConfig, source: str, date: dt.date, confirm_live: bool
 ) -> WorkflowHandle:
-    """Start (or attach to) the session's workflow under its business key trading-<account>-<date>."""
+    """Start (or attach to) the session's workflow under its business key trading-<account>-<date>;
+    InputError when that session already ran."""
     req = request_for(cfg, source, date, confirm_live)
     attributes = TypedSearchAttributes(
         [
@@ -61,15 +68,24 @@ async def start_trading(
             SearchAttributePair(search.MODE, cfg.mode),
         ]
     )
-    return await client.start_workflow(
-        WORKFLOW_TYPE,
-        req,
-        id=cfg.workflow_id(date),
-        task_queue=QUEUE_CONTROL,
-        result_type=TradingResult,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        search_attributes=attributes,
-    )
+    try:
+        return await client.start_workflow(
+            WORKFLOW_TYPE,
+            req,
+            id=cfg.workflow_id(date),
+            task_queue=QUEUE_CONTROL,
+            result_type=TradingResult,
+            # A running session is attached to; a finished one is never traded again under its key
+            # (its records and the exchange account belong to that run).
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=attributes,
+        )
+    except WorkflowAlreadyStartedError as err:
+        raise InputError(
+            f"session {cfg.workflow_id(date)} already ran; see `quanto trade status --id "
+            f"{cfg.workflow_id(date)}` (to replay it again, use another account name)"
+        ) from err
 
 
 async def find_session(client: Client, workflow_id: str | None, config: Path | None) -> WorkflowHandle:

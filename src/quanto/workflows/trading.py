@@ -173,6 +173,7 @@ class TradingDayWorkflow:
         )
         if not prepared.is_session:
             self._phase = "holiday"
+            self._next_day(req, prepared)
             return TradingResult(workflow_id=wid, session_date=req.session_date, status="holiday")
         if MORE_RESTRICTIVE[prepared.state] > MORE_RESTRICTIVE[self._state]:
             self._set_state(prepared.state, "recorded state")  # e.g. a halted run before a reset
@@ -226,6 +227,7 @@ class TradingDayWorkflow:
             result_type=TradingResult,
         )
         self._phase = "closed"
+        self._next_day(req, prepared)
         return report
 
     # ------------------------------------------------------------------------------ helpers
@@ -299,6 +301,16 @@ class TradingDayWorkflow:
             result_type=str,
         )
         return model_id
+
+    def _next_day(self, req: TradingRequest, prepared: TradingPrepared) -> None:
+        """With `continue_as_new` on a live feed: the next session is a new run of this workflow (one
+        run per session keeps each history a day long). A replay has no next session."""
+        if (
+            req.config.get("continue_as_new")
+            and req.config["feed"]["source"] != "replay"
+            and prepared.next_session
+        ):
+            workflow.continue_as_new(req.model_copy(update={"session_date": prepared.next_session}))
 
     def _require_request(self) -> TradingRequest:
         if self._request is None:
