@@ -370,6 +370,10 @@ class RetrainResult(BaseModel):
 # --- Trading (TradingDayWorkflow) ------------------------------------------------------------------
 
 
+# Trading states by strictness: a state only gives way to a stricter one, except on `resume`.
+STATE_STRICTNESS = {"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}
+
+
 class TradingRequest(BaseModel):
     """Input of TradingDayWorkflow: the trading job (secrets are never in it), the session's date, and
     for a demo the research job that trains the model when the registry has no production model."""

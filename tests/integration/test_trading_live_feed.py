@@ -12,9 +12,8 @@ from quanto.lake.materialize import StageContext
 from quanto.lake.storage import Lake
 from quanto.store import trading as records
 from quanto.store.db import connect
-from tests.conftest import free_port
 from tests.fakes.vendor_ws import FakeAlpacaServer
-from tests.integration.trading_support import SYMBOLS, trading_config, train_research_model
+from tests.integration.trading_support import SYMBOLS, local_exchange, trading_config, train_research_model
 
 pytestmark = pytest.mark.integration
 DATE = dt.date(2024, 3, 15)
@@ -23,12 +22,8 @@ LAST_HALF_HOUR = dt.datetime(2024, 3, 15, 19, 30, tzinfo=dt.UTC)  # 15:30 New Yo
 
 @pytest.fixture
 def exchange_port():
-    from quanto.starter.exchange import ensure_exchange, stop_exchange
-
-    port = free_port()
-    ensure_exchange(port)
-    yield port
-    stop_exchange(port)
+    with local_exchange() as port:
+        yield port
 
 
 def test_live_stream_bars_are_traded_until_the_close(tmp_path, pg_dsn, exchange_port, monkeypatch):

@@ -20,8 +20,7 @@ from quanto.lake.storage import Lake
 from quanto.models.base import Design
 from quanto.store import trading as records
 from quanto.store.db import connect
-from tests.conftest import free_port
-from tests.integration.trading_support import trading_config, train_research_model
+from tests.integration.trading_support import local_exchange, trading_config, train_research_model
 
 pytestmark = pytest.mark.integration
 DATE = dt.date(2024, 3, 15)
@@ -29,12 +28,8 @@ DATE = dt.date(2024, 3, 15)
 
 @pytest.fixture
 def exchange_port():
-    from quanto.starter.exchange import ensure_exchange, stop_exchange
-
-    port = free_port()
-    ensure_exchange(port)
-    yield port
-    stop_exchange(port)
+    with local_exchange() as port:
+        yield port
 
 
 def backtest_of(cfg, ctx, model_id):

@@ -24,9 +24,14 @@ from quanto.starter.trade import start_trading
 from quanto.store import trading as records
 from quanto.store.db import connect as db_connect
 from quanto.workflows.trading import TradingDayWorkflow
-from tests.conftest import REPO, free_port, start_worker
+from tests.conftest import REPO, start_worker
 from tests.integration.conftest import connect, stop_process_group, wait_for
-from tests.integration.trading_support import trading_config, train_research_model, write_trading_config
+from tests.integration.trading_support import (
+    local_exchange,
+    trading_config,
+    train_research_model,
+    write_trading_config,
+)
 
 pytestmark = pytest.mark.integration
 DATE = dt.date(2024, 3, 15)
@@ -35,12 +40,8 @@ HISTORIES = Path(__file__).parent / "histories"
 
 @pytest.fixture(scope="module")
 def exchange_port():
-    from quanto.starter.exchange import ensure_exchange, stop_exchange
-
-    port = free_port()
-    ensure_exchange(port)  # owned by the test, so killing a worker never kills the exchange
-    yield port
-    stop_exchange(port)
+    with local_exchange() as port:
+        yield port
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +184,7 @@ async def test_daily_loss_breach_halts_automatically(session_worker, trained, ex
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_worker_killed_while_submitting_never_doubles_an_order(
-    temporal_server, trained, exchange_port, tmp_path
+    own_server, trained, exchange_port, tmp_path
 ):
     lake, _ = trained
     cfg = trading_config(
@@ -262,8 +263,12 @@ async def test_halt_survives_worker_and_server_restarts(own_server, trained, exc
         handle = client.get_workflow_handle(handle.id)
         s = await wait_for(lambda: _state_is(handle, "HALTED"), 60, "HALTED after a server restart")
         assert s["halted_at"]
-        with db_connect(pg_dsn) as conn:
-            assert records.control_state(conn, handle.id)["state"] == "HALTED"
+
+        async def recorded_halt():  # the halt reaches the control row before any order can go out
+            with db_connect(pg_dsn) as conn:
+                return records.control_state(conn, handle.id)["state"] == "HALTED"
+
+        await wait_for(recorded_halt, 60, "the control row to say HALTED")
         count = len(exchange_orders(cfg))
         seen = (await status(handle))["bars_done"]
         await bars_done(handle, seen + 10, timeout=120)
@@ -296,9 +301,7 @@ def test_live_mode_refuses_to_start_without_confirmation(tmp_path, trained):
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_live_feed_skips_a_holiday_and_continues_as_new(
-    temporal_server, trained, exchange_port, tmp_path
-):
+async def test_live_feed_skips_a_holiday_and_continues_as_new(own_server, trained, exchange_port, tmp_path):
     """Christmas 2024 is a holiday: the run finds no session and continues as new for the 26th, whose
     last 20 minutes come from Alpaca's stream (a fake server) and are paper-traded on the local exchange."""
     from temporalio.client import WorkflowExecutionStatus

@@ -4,6 +4,8 @@ trading job files on the same synthetic symbols."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ TRADING: dict[str, Any] = {
     # Loose account limits: the parity test compares with a backtest, which has none of them.
     "risk": {"max_daily_loss": 0.5, "max_drawdown": 0.5, "min_window_return": -0.5},
     "broker": {"kind": "local"},
+    "heartbeat_timeout_s": 6,  # a SIGKILLed worker's session moves on after 6 s
 }
 
 
@@ -84,3 +87,18 @@ def write_trading_config(folder: Path, cfg: TradingConfig) -> Path:
     path = folder / f"{cfg.name}.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     return path
+
+
+@contextmanager
+def local_exchange() -> Iterator[int]:
+    """A local paper exchange process on a free port, owned by the test (killing a worker never
+    kills it), stopped at the end; yields the port."""
+    from quanto.starter.exchange import ensure_exchange, stop_exchange
+    from tests.conftest import free_port
+
+    port = free_port()
+    ensure_exchange(port)
+    try:
+        yield port
+    finally:
+        stop_exchange(port)

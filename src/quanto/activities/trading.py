@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import datetime as dt
+import threading
 from pathlib import Path
 
 from temporalio import activity
@@ -91,6 +92,10 @@ async def session(req: TradingSessionRequest) -> TradingResult:
             future.result(timeout=30)
 
     latest = {"details": resume_details()}
+    stopping = threading.Event()
+    # The workflow's state now: a halt it accepted reaches the loop even when its control activity
+    # was lost with a worker (the retried session may start first).
+    workflow_state = (await handle.query("status"))["state"]
 
     def heartbeat(details: dict) -> None:
         latest["details"] = details
@@ -109,11 +114,19 @@ async def session(req: TradingSessionRequest) -> TradingResult:
                 notify,
                 heartbeat,
                 latest["details"],
+                workflow_state,
+                stopping.is_set,
             )
 
-    beating = asyncio.create_task(_keep_alive(context, latest))
+    every = info.heartbeat_timeout.total_seconds() / 4 if info.heartbeat_timeout else 5.0
+    beating = asyncio.create_task(_keep_alive(context, latest, every))
+    worker = asyncio.ensure_future(asyncio.to_thread(trade))
     try:
-        stats = await asyncio.to_thread(trade)
+        stats = await asyncio.shield(worker)
+    except asyncio.CancelledError:  # the workflow was cancelled or terminated: stop at the next bar
+        stopping.set()
+        await asyncio.wait([worker], timeout=60)
+        raise
     finally:
         beating.cancel()
     return TradingResult(
@@ -126,11 +139,11 @@ async def session(req: TradingSessionRequest) -> TradingResult:
     )
 
 
-async def _keep_alive(context: contextvars.Context, latest: dict) -> None:
+async def _keep_alive(context: contextvars.Context, latest: dict, every: float) -> None:
     """Heartbeat the latest details between bars too (a slow replay leaves minutes between them), so
     the heartbeat timeout measures a dead worker, not a quiet market."""
     while True:
-        await asyncio.sleep(5)
+        await asyncio.sleep(every)
         context.run(activity.heartbeat, dict(latest))
 
 

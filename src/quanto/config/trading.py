@@ -149,6 +149,9 @@ class TradingConfig(Strict):
     continue_as_new: bool = Field(
         False, description="after the close, start the next session's run (live feeds)"
     )
+    heartbeat_timeout_s: float = Field(
+        20.0, ge=2, description="a session loop silent this long is presumed dead and restarted elsewhere"
+    )
 
     @field_validator("account")
     @classmethod

@@ -118,8 +118,12 @@ def run_session(
     notify: Callable[[str, dict], None],
     heartbeat: Callable[[dict], None],
     resume: dict | None,
+    workflow_state: str | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
-    """Trade the session (quanto.execution.session.TradingLoop) and return its stats."""
+    """Trade the session (quanto.execution.session.TradingLoop) and return its stats.
+    `workflow_state`: the state the workflow holds now; a stricter one than the control row's (a halt
+    accepted while its control activity was lost with a worker) is applied before any order."""
     from dataclasses import asdict
 
     from quanto.backtest.metrics import periods_per_year_for
@@ -149,6 +153,8 @@ def run_session(
         notify=notify,
         heartbeat=heartbeat,
         periods_per_year=cfg.strategy.periods_per_year or periods_per_year_for(cfg.universe.timeframe),
+        workflow_state=workflow_state,
+        stopping=stopping,
     )
     if not live:
         return asdict(loop.run(resume))

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from quanto.config.trading import RiskLimits, TradingConfig
+from quanto.contracts import STATE_STRICTNESS
 from quanto.execution.broker import (
     Account,
     Broker,
@@ -50,7 +51,7 @@ from quanto.execution.strategy import OrderPlan, SessionModel, plan_orders
 
 log = logging.getLogger(__name__)
 
-RECENT_ORDERS = 20  # orders kept in the workflow's snapshot besides the open ones
+RECENT_ORDERS = 10  # orders kept in the workflow's snapshot besides the open ones (history size)
 SUBMIT_THREADS = 4
 
 
@@ -75,8 +76,9 @@ class TradingLoop:
     broker: the Broker (AlpacaBroker on the local exchange or Alpaca). market: the local exchange's
     replay endpoint (None for a live feed). bars: the session's bars and the warm-up history (symbol,
     ts sorted). db: a psycopg connection factory. notify(kind, payload): reports to the workflow
-    (kinds: "progress", "state"). heartbeat(details): the activity's heartbeat. sleep: time.sleep
-    (tests pass a no-op for an instant replay).
+    (kinds: "progress", "risk", "reconcile"). heartbeat(details): the activity's heartbeat. sleep:
+    time.sleep (tests pass a no-op for an instant replay). stopping(): True once the session must end
+    now (its activity was cancelled). workflow_state: the workflow's state when the activity started.
     """
 
     def __init__(
@@ -94,6 +96,8 @@ class TradingLoop:
         heartbeat: Callable[[dict], None] = lambda details: None,
         sleep: Callable[[float], None] = time.sleep,
         periods_per_year: float | None = None,
+        workflow_state: str | None = None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.cfg = cfg
         self.workflow_id = workflow_id
@@ -109,6 +113,8 @@ class TradingLoop:
         self.heartbeat = heartbeat
         self.sleep = sleep
         self.periods_per_year = periods_per_year
+        self.workflow_state = workflow_state
+        self.stopping = stopping
         self.stats = SessionStats()
         self.equity_history: list[float] = []
         self.hits: deque[bool] = deque(maxlen=cfg.risk.drift.window)
@@ -152,6 +158,17 @@ class TradingLoop:
             self.conn.autocommit = True
             self.gate.autocommit = True
             self.state = records.ensure_control(self.conn, self.workflow_id, self.account_name)
+            if STATE_STRICTNESS.get(self.workflow_state or "", 0) > STATE_STRICTNESS[self.state]:
+                # The workflow accepted a halt whose control activity has not run yet (its worker died):
+                # apply it before anything else, so no order goes out in between.
+                records.set_control(
+                    self.conn,
+                    self.workflow_id,
+                    self.workflow_state,
+                    "the workflow's state",
+                    dt.datetime.now(dt.UTC),
+                )
+                self.state = self.workflow_state  # type: ignore[assignment]
             try:
                 self._trade(groups if groups is not None else feed, groups is None, resume)  # type: ignore[arg-type]
             finally:
@@ -164,11 +181,20 @@ class TradingLoop:
     ) -> None:
         """Reconcile, then every bar after the resume point: a replay paced to its speed, a live
         feed as its minutes complete."""
+        from quanto.store import trading as records
+
         done_until = pd.Timestamp(resume["bar_ts"]) if resume and resume.get("bar_ts") else None
+        # Heartbeats are throttled: the bars recorded complete after the last one that reached the
+        # server must not be traded again (their decisions would see later positions).
+        recorded = records.last_snapshot_ts(self.conn, self.workflow_id)
+        if recorded is not None:
+            last_done = pd.Timestamp(recorded) - pd.Timedelta(self._timeframe_seconds(), "s")
+            done_until = last_done if done_until is None else max(done_until, last_done)
         if resume:
             self.opening_equity = resume.get("opening_equity")
             self.peak_equity = resume.get("peak_equity", 0.0)
             self.equity_history = list(resume.get("equity_history", []))
+        if done_until is not None:
             self.stats.resumed_at = str(done_until)
         self._reconcile()
         if self.opening_equity is None:
@@ -181,6 +207,9 @@ class TradingLoop:
         for i, (ts, group) in enumerate(groups):
             if done_until is not None and ts <= done_until:  # finished before the restart
                 continue
+            if self.stopping():  # the activity was cancelled: the workflow no longer wants this session
+                log.info("session %s stops before %s: cancelled", self.workflow_id, ts)
+                return
             if live:
                 self.bars = pd.concat([self.bars, group], ignore_index=True)
             first = ts if first is None else first

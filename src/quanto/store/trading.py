@@ -585,3 +585,9 @@ def risk_limits(conn: psycopg.Connection, workflow_id: str) -> dict[str, Any] | 
         "SELECT risk_limits FROM trading_controls WHERE workflow_id = %s", (workflow_id,)
     ).fetchone()
     return row[0] if row else None
+
+
+def last_snapshot_ts(conn: psycopg.Connection, workflow_id: str) -> dt.datetime | None:
+    """Time of the session's last P&L snapshot (the loop writes it when a bar is complete), or None."""
+    row = conn.execute("SELECT max(ts) FROM pnl_snapshots WHERE workflow_id = %s", (workflow_id,)).fetchone()
+    return row[0] if row else None

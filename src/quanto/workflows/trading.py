@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
     from quanto.contracts import (
         QUEUE_CONTROL,
         QUEUE_EXEC,
+        STATE_STRICTNESS,
         PipelineRequest,
         PipelineResult,
         TradingControl,
@@ -41,10 +42,8 @@ with workflow.unsafe.imports_passed_through():
     from quanto.workflows import search
     from quanto.workflows.retry import activity_retry
 
-CONTROL_TIMEOUT = timedelta(seconds=30)
+CONTROL_TIMEOUT = timedelta(seconds=10)  # a control lost with its worker is retried this soon
 EXCHANGE_ZONE = "America/New_York"  # whose calendar day a scheduled run trades
-HEARTBEAT_TIMEOUT = timedelta(seconds=20)
-MORE_RESTRICTIVE = {"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}
 
 
 @workflow.defn(name="TradingDayWorkflow")
@@ -94,7 +93,7 @@ class TradingDayWorkflow:
         """A risk event of the loop; a halt or disable it applied becomes this workflow's state."""
         self._events = [*self._events[-49:], event]
         state = event.get("state", self._state)
-        if MORE_RESTRICTIVE.get(state, 0) > MORE_RESTRICTIVE[self._state]:
+        if STATE_STRICTNESS.get(state, 0) > STATE_STRICTNESS[self._state]:
             self._set_state(state, event.get("reason", ""))
 
     @workflow.update
@@ -175,7 +174,7 @@ class TradingDayWorkflow:
             self._phase = "holiday"
             self._next_day(req, prepared)
             return TradingResult(workflow_id=wid, session_date=req.session_date, status="holiday")
-        if MORE_RESTRICTIVE[prepared.state] > MORE_RESTRICTIVE[self._state]:
+        if STATE_STRICTNESS[prepared.state] > STATE_STRICTNESS[self._state]:
             self._set_state(prepared.state, "recorded state")  # e.g. a halted run before a reset
         self._model_id = prepared.model_id or await self._bootstrap(req)
 
@@ -196,7 +195,7 @@ class TradingDayWorkflow:
             ),
             task_queue=QUEUE_EXEC,
             start_to_close_timeout=timedelta(hours=12),
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            heartbeat_timeout=timedelta(seconds=cfg.get("heartbeat_timeout_s", 20.0)),
             retry_policy=RetryPolicy(
                 initial_interval=timedelta(seconds=1),
                 maximum_interval=timedelta(seconds=10),
