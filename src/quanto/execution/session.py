@@ -229,6 +229,9 @@ class TradingLoop:
         """Steps 1–5 of the module docstring for the bars of one timestamp."""
 
         decided_at = (ts + pd.Timedelta(self._timeframe_seconds(), "s")).to_pydatetime()
+        # The model needs only the bars: it predicts while the broker is read (latency).
+        history = self.bars[self.bars["ts"] <= ts]
+        predicting = None if last else self.pool.submit(self.model.predict, history, ts)
         if self.market is not None:
             self.market.deliver(bar_payload(group, self.cfg.universe.timeframe))
         closes = dict(zip(group["symbol"], group["close"].astype(float), strict=True))
@@ -247,9 +250,8 @@ class TradingLoop:
                 if p.qty != 0
             ]
             self._submit(plans, decided_at, ts, account.equity, positions, intent="close", tif="cls")
-        elif not last:
-            history = self.bars[self.bars["ts"] <= ts]
-            predictions = self.model.predict(history, ts)
+        elif predicting is not None:
+            predictions = predicting.result()
             self.last_predictions = predictions
             grid = None
             if self.cfg.strategy.sizing in ("kelly", "vol_target"):
@@ -380,9 +382,13 @@ class TradingLoop:
             if records.record_fill(conn, self.workflow_id, self.account_name, fill):
                 self.stats.fills += 1
                 metrics.count_fill(self.account_name, fill.symbol)
-        current = (
-            {o.client_order_id: o for o in self.broker.orders("all", after=self.open)} if open_ids else {}
-        )
+        current = {}
+        if open_ids:  # the orders since the oldest one still open: about a bar's worth, not the day's
+            since = min(
+                (self.orders[c].submitted_at for c in open_ids if self.orders[c].submitted_at), default=None
+            )
+            after = since - dt.timedelta(microseconds=1) if since else self.open
+            current = {o.client_order_id: o for o in self.broker.orders("all", after=after)}
         for cid in open_ids:
             order = current.get(cid)
             if order is None or order.status == self.orders[cid].status:
