@@ -93,6 +93,9 @@ def test_replayed_session_matches_the_backtest_to_the_cent(tmp_path, pg_dsn, exc
     assert recorded["orders"]["client_order_id"].is_unique
     pnl = recorded["pnl"].sort_values("ts")
     assert pnl["equity"].iloc[-1] == pytest.approx(account.equity, abs=0.005)
-    approvals = recorded["risk"]
-    assert (approvals["action"] == "approve").sum() == len(recorded["orders"])
+    risk = recorded["risk"]
+    assert (risk["action"] == "approve").sum() == len(recorded["orders"])
+    assert (risk["action"] == "alert").sum() == risk.loc[
+        risk["action"] == "alert", "rule"
+    ].nunique()  # once each
     assert isinstance(pd.Timestamp(pnl["ts"].iloc[0]), pd.Timestamp)

@@ -287,6 +287,9 @@ def write_report(
 
     with connect(dsn) as conn:
         frames = records.session_records(conn, workflow_id)
+    stamps = frames["pnl"].get("ts", [])
+    if len(stamps):  # the session's first and last recorded bar closes
+        meta = {"started_at": min(stamps), "finished_at": max(stamps), **meta}
     out: Path = lake.abspath(f"runs/{workflow_id}")
     out.mkdir(parents=True, exist_ok=True)
     html, pdf = render_session_report(frames, meta, out)

@@ -301,6 +301,8 @@ class TradingLoop:
         decisions, approved = [], []
         with records.submission_gate(self.gate, self.workflow_id) as state:
             self.state = state
+            if state == "HALTED":  # nothing to decide: the halt itself is recorded, once
+                return
             cutoff = decided_at - dt.timedelta(seconds=60)
             while self.submitted and self.submitted[0] < cutoff:
                 self.submitted.popleft()
@@ -411,6 +413,8 @@ class TradingLoop:
 
         control = records.control_state(self.conn, self.workflow_id)
         if control is not None:
+            if control["state"] == "ACTIVE" and self.state != "ACTIVE":
+                self.breaches.clear()  # resumed: a breach that persists acts (and is recorded) again
             self.state = control["state"]
         changed = records.risk_limits(self.conn, self.workflow_id)
         if changed is not None and changed != self.limits_seen:  # the workflow's set_risk_limits update
@@ -428,8 +432,6 @@ class TradingLoop:
             submitted=tuple(self.submitted),
         )
         check = check_account(view, self.cfg.risk, self.equity_history, list(self.hits))
-        if self.state == "ACTIVE":
-            self.breaches.clear()  # resumed: a breach that persists acts again
         # check_account reports every breach that holds; act on (and record) each one once.
         fresh = [e for e in check.events if (e.rule, e.action) not in self.breaches]
         if not fresh:
@@ -478,9 +480,10 @@ class TradingLoop:
         pnl = account.equity - float(self.opening_equity or account.equity)
         drawdown = 1.0 - account.equity / self.peak_equity if self.peak_equity > 0 else 0.0
         conn = self.conn
+        scale = account.equity if account.equity > 0 else float("nan")  # exposures as fractions of equity
         records.record_pnl(
             conn, self.workflow_id, self.account_name, now, equity=account.equity, cash=account.cash,
-            pnl=pnl, drawdown=drawdown, gross=gross, net=net, state=self.state,
+            pnl=pnl, drawdown=drawdown, gross=gross / scale, net=net / scale, state=self.state,
         )  # fmt: skip
         book = tuple(sorted((p.symbol, p.qty) for p in positions))
         if book != self.recorded_book:

@@ -831,11 +831,13 @@ def trade_status(
 
     out = _trade_call(as_json, lambda client: _then(find_session(client, workflow_id, config), status))
     pnl = out.get("pnl") or {}
+    money = lambda v: "—" if v is None else f"{v:,.2f}"  # noqa: E731
+    open_orders = sum(o["status"] in ("new", "accepted", "partially_filled") for o in out["orders"])
     text = (
-        f"{out['workflow_id']}: {out['state']} ({out.get('phase')})"
-        + (f", halted at {out['halted_at']}" if out.get("halted_at") else "")
-        + f"\n  equity {pnl.get('equity', '—')}  P&L {pnl.get('pnl', '—')}  positions {len(out['positions'])}"
-        f"  orders {len(out['orders'])}"
+        f"{out['workflow_id']}: {out['state']} ({out.get('phase')}, {out.get('bars_done', 0)} bars)"
+        + (f", halted at {out['halted_at']}: {out.get('reason')}" if out.get("halted_at") else "")
+        + f"\n  equity {money(pnl.get('equity'))}  P&L {money(pnl.get('pnl'))}"
+        f"  positions {sum(p['qty'] != 0 for p in out['positions'])}  open orders {open_orders}"
     )
     _emit(as_json, out, text)
 
