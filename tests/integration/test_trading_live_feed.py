@@ -8,12 +8,16 @@ import datetime as dt
 import pytest
 
 from quanto.execution import day
-from quanto.lake.materialize import StageContext
-from quanto.lake.storage import Lake
 from quanto.store import trading as records
 from quanto.store.db import connect
 from tests.fakes.vendor_ws import FakeAlpacaServer
-from tests.integration.trading_support import SYMBOLS, local_exchange, trading_config, train_research_model
+from tests.integration.trading_support import (
+    SYMBOLS,
+    local_exchange,
+    trade_in_process,
+    trading_config,
+    train_research_model,
+)
 
 pytestmark = pytest.mark.integration
 DATE = dt.date(2024, 3, 15)
@@ -39,25 +43,10 @@ def test_live_stream_bars_are_traded_until_the_close(tmp_path, pg_dsn, exchange_
             feed={"source": "alpaca", "url": server.url, "warmup_sessions": 1, "grace_s": 1.0},
         )
         wid = cfg.workflow_id(DATE)
-        ctx = StageContext(lake=Lake(lake_root), workflow_id=wid, run_id="live", dsn=pg_dsn)
-        prepared = day.prepare_day(cfg, ctx, DATE, confirmed=False)
-        assert prepared["is_session"] and prepared["model_id"] == model_id
-        day.prepare_local_account(cfg, ctx)
-        progress: list[dict] = []
-        stats = day.run_session(
-            cfg,
-            ctx,
-            DATE,
-            dt.datetime.fromisoformat(prepared["session_open"]),
-            dt.datetime.fromisoformat(prepared["session_close"]),
-            model_id,
-            notify=lambda kind, payload: progress.append(payload) if kind == "progress" else None,
-            heartbeat=lambda details: None,
-            resume=None,
-        )
+        stats, events, _ = trade_in_process(cfg, pg_dsn, model_id, "live", DATE)
         sent = server.sent_bars()
     # Every minute the stream delivered was traded once, in order; the outage's minutes never came.
-    traded = [p["bar_ts"] for p in progress]
+    traded = [p["bar_ts"] for kind, p in events if kind == "progress"]
     assert traded == sorted(set(traded))
     assert len(traded) == stats["bars"] == sent["ts"].n_unique() == 28
     assert traded[-1] == "2024-03-15T19:59:00+00:00"  # the session's last minute ends the loop

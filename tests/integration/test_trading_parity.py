@@ -15,12 +15,15 @@ from quanto.backtest.signals import signals_from_predictions
 from quanto.execution import day
 from quanto.execution.replay import replay_bars, session_times
 from quanto.execution.strategy import SessionModel
-from quanto.lake.materialize import StageContext
-from quanto.lake.storage import Lake
 from quanto.models.base import Design
 from quanto.store import trading as records
 from quanto.store.db import connect
-from tests.integration.trading_support import local_exchange, trading_config, train_research_model
+from tests.integration.trading_support import (
+    local_exchange,
+    trade_in_process,
+    trading_config,
+    train_research_model,
+)
 
 pytestmark = pytest.mark.integration
 DATE = dt.date(2024, 3, 15)
@@ -53,22 +56,7 @@ def test_replayed_session_matches_the_backtest_to_the_cent(tmp_path, pg_dsn, exc
     model_id = train_research_model(lake_root, pg_dsn)
     cfg = trading_config(lake_root, exchange_port)
     wid = cfg.workflow_id(DATE)
-    ctx = StageContext(lake=Lake(lake_root), workflow_id=wid, run_id="parity", dsn=pg_dsn)
-    prepared = day.prepare_day(cfg, ctx, DATE, confirmed=False)
-    assert prepared["is_session"] and prepared["model_id"] == model_id
-    day.reset_local_account(cfg)
-    events: list[tuple[str, dict]] = []
-    stats = day.run_session(
-        cfg,
-        ctx,
-        DATE,
-        dt.datetime.fromisoformat(prepared["session_open"]),
-        dt.datetime.fromisoformat(prepared["session_close"]),
-        model_id,
-        notify=lambda kind, payload: events.append((kind, payload)),
-        heartbeat=lambda details: None,
-        resume=None,
-    )
+    stats, events, ctx = trade_in_process(cfg, pg_dsn, model_id, "parity")
     assert stats["bars"] == 390 and stats["refused"] == 0 and stats["state"] == "ACTIVE"
     assert sum(kind == "progress" for kind, _ in events) == 390
 

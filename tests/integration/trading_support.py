@@ -4,6 +4,7 @@ trading job files on the same synthetic symbols."""
 from __future__ import annotations
 
 import copy
+import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -102,3 +103,32 @@ def local_exchange() -> Iterator[int]:
         yield port
     finally:
         stop_exchange(port)
+
+
+def trade_in_process(
+    cfg: TradingConfig, dsn: str, model_id: str, run_id: str, date: dt.date | None = None
+) -> tuple[dict, list[tuple[str, dict]], StageContext]:
+    """A session without the workflow: `prepare_day`, the local account, `run_session` on `date`
+    (default: the replay's). Returns (the loop's stats, what it reported to the workflow, the context)."""
+    from quanto.execution import day
+
+    date = date or cfg.session_date()
+    ctx = StageContext(
+        lake=Lake(Path(cfg.lake_root)), workflow_id=cfg.workflow_id(date), run_id=run_id, dsn=dsn
+    )
+    prepared = day.prepare_day(cfg, ctx, date, confirmed=False)
+    assert prepared["is_session"] and prepared["model_id"] == model_id
+    day.prepare_local_account(cfg, ctx)
+    events: list[tuple[str, dict]] = []
+    stats = day.run_session(
+        cfg,
+        ctx,
+        date,
+        dt.datetime.fromisoformat(prepared["session_open"]),
+        dt.datetime.fromisoformat(prepared["session_close"]),
+        model_id,
+        notify=lambda kind, payload: events.append((kind, payload)),
+        heartbeat=lambda details: None,
+        resume=None,
+    )
+    return stats, events, ctx
