@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import datetime as dt
 import threading
+import time
 from pathlib import Path
 
 from temporalio import activity
@@ -29,6 +30,8 @@ from quanto.contracts import (
 )
 from quanto.lake.materialize import StageContext
 from quanto.lake.storage import Lake
+
+PROGRESS_EVERY_S = 1.0  # snapshots of the book to the workflow at most this often
 
 
 def _exchange_up(cfg: TradingConfig) -> None:
@@ -85,11 +88,20 @@ async def session(req: TradingSessionRequest) -> TradingResult:
     loop = asyncio.get_running_loop()
     context = contextvars.copy_context()
 
+    held: dict = {"snapshot": None, "sent": 0.0}
+
     def notify(kind: str, payload: dict) -> None:
-        name = "_progress" if kind == "progress" else "_risk"
-        future = asyncio.run_coroutine_threadsafe(handle.signal(name, payload), loop)
-        if kind != "progress":  # a state change must reach the workflow before the loop goes on
-            future.result(timeout=30)
+        if kind == "progress":
+            # At most one snapshot a second reaches the history (a fast replay makes many bars a
+            # second); the one held back is sent when the next is due, or when the session ends.
+            if time.monotonic() - held["sent"] < PROGRESS_EVERY_S:
+                held["snapshot"] = payload
+                return
+            held.update(snapshot=None, sent=time.monotonic())
+            asyncio.run_coroutine_threadsafe(handle.signal("_progress", payload), loop)
+            return
+        # A state change must reach the workflow before the loop goes on.
+        asyncio.run_coroutine_threadsafe(handle.signal("_risk", payload), loop).result(timeout=30)
 
     latest = {"details": resume_details()}
     stopping = threading.Event()
@@ -129,6 +141,8 @@ async def session(req: TradingSessionRequest) -> TradingResult:
         raise
     finally:
         beating.cancel()
+    if held["snapshot"] is not None:  # the last bar's book (flat after the close) for the queries
+        await handle.signal("_progress", held["snapshot"])
     return TradingResult(
         workflow_id=info.workflow_id,
         session_date=req.session_date,
