@@ -228,16 +228,17 @@ def apply_control(
 
     broker = open_broker(cfg)
     with connect(dsn) as conn:
+        conn.autocommit = True  # the state is committed (and seen by the loop) before the broker acts
         records.ensure_control(conn, workflow_id, cfg.account)
         records.append_audit(
             conn, workflow_id, cfg.account, at, "signal", {"signal": signal, "reason": reason}
         )
         records.set_control(conn, workflow_id, state, reason, at)
-    metrics.set_trading_state(cfg.account, state)
-    cancelled = broker.cancel_all() if state != "ACTIVE" else []
-    closing = []
-    if flatten:
-        for p in broker.positions():
+        metrics.set_trading_state(cfg.account, state)
+        cancelled = broker.cancel_all() if state != "ACTIVE" else []
+        closing = []
+        positions = broker.positions() if flatten else []
+        for p in positions:
             if p.qty == 0:
                 continue
             request = OrderRequest(
@@ -248,9 +249,7 @@ def apply_control(
             )
             order = broker.submit(request)
             closing.append(order.client_order_id)
-            with connect(dsn) as conn:
-                records.record_order(conn, workflow_id, cfg.account, order, intent="flatten", decision_ts=at)
-    with connect(dsn) as conn:
+            records.record_order(conn, workflow_id, cfg.account, order, intent="flatten", decision_ts=at)
         records.append_audit(
             conn, workflow_id, cfg.account, at, "control",
             {"signal": signal, "state": state, "cancelled": cancelled, "closing_orders": closing},

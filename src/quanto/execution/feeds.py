@@ -114,8 +114,10 @@ class LiveBars:
 
     def __iter__(self) -> Iterator[tuple[pd.Timestamp, pd.DataFrame]]:
         pending: dict[pd.Timestamp, list[pd.DataFrame]] = {}
+        seen: dict[pd.Timestamp, set[str]] = {}  # symbols arrived per minute
         first_seen: dict[pd.Timestamp, float] = {}
         handed: pd.Timestamp | None = None
+        wanted = set(self.symbols)
         last_arrival = self.clock()
         while True:
             try:
@@ -131,14 +133,14 @@ class LiveBars:
                         self.late_updates += 1  # a correction of a minute already traded
                         continue
                     pending.setdefault(ts, []).append(rows)
+                    seen.setdefault(ts, set()).update(rows["symbol"])
                     first_seen.setdefault(ts, self.clock())
             for ts in sorted(pending):
-                group = pd.concat(pending[ts]).drop_duplicates(["symbol"], keep="last")
-                complete = set(group["symbol"]) >= set(self.symbols)
                 later = any(t > ts for t in pending)
-                if not (complete or later or self.clock() - first_seen[ts] >= self.grace_s):
+                if not (seen[ts] >= wanted or later or self.clock() - first_seen[ts] >= self.grace_s):
                     break
-                del pending[ts], first_seen[ts]
+                group = pd.concat(pending.pop(ts)).drop_duplicates(["symbol"], keep="last")
+                del seen[ts], first_seen[ts]
                 handed = ts
                 yield (
                     ts,

@@ -68,7 +68,7 @@ class SessionModel:
         specs = [REGISTRY[n] for n in self.names]
         self.lookback = max((s.lookback for s in specs), default=0)
         self.bounded = all(is_bounded(s) for s in specs)
-        if hasattr(model, "lookback") and getattr(model, "lookback", 0):
+        if getattr(model, "lookback", 0):
             raise InputError(f"model {model_id}: sequence models are not available to the trading loop yet")
 
     @classmethod

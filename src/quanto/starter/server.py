@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import shutil
 import signal
@@ -113,12 +114,11 @@ class DevServer:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            try:
-                # Reap it when this process started it (tests do): an unreaped child stays "alive".
+            # Reap it when this process started it (tests do): an unreaped child stays "alive". For
+            # another process's child waitpid raises ChildProcessError, and its own parent reaps it.
+            with contextlib.suppress(ChildProcessError):
                 if os.waitpid(pid, os.WNOHANG)[0] == pid:
                     break
-            except ChildProcessError:
-                pass  # not our child: its parent reaps it
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
